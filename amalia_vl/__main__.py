@@ -1,0 +1,3 @@
+from amalia_vl.cli import main
+
+main()

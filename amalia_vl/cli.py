@@ -1,0 +1,212 @@
+"""`amalia-vl`: the command-line face of the pipeline.
+
+Every command calls the same stage functions as the Prefect flow and `dvc.yaml`.
+Expected failures (missing inputs, bad config, bad data) print one line saying what is
+wrong and which command fixes it, and exit with status 1; no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from components.errors import AmaliaError
+from components.stages import ORDER, STAGES
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+console = Console()
+err_console = Console(stderr=True)
+
+STAGE_HELP = "\n".join(f"  {s.name:<10} {s.summary}" for s in STAGES.values())
+
+app = typer.Typer(
+    name="amalia-vl",
+    help=(
+        "Train, evaluate and ship AMALIA-VL, a European Portuguese (pt-PT) vision-language "
+        "model.\n\nStart with `amalia-vl retrain` (a full tiny retrain on the embedded data), "
+        "then `amalia-vl ask IMAGE \"pergunta\"`. Config comes from params.yaml (profiles: "
+        "tiny, ci, paper); tracking goes to MLflow (sqlite:///mlflow.db unless "
+        "MLFLOW_TRACKING_URI is set)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Manage the embedded dataset under data/.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+ProfileOpt = typer.Option(None, "--profile", "-p",
+                          help="params.yaml profile (default: its `profile` key, or "
+                               "AMALIA_PROFILE)")
+ProgressOpt = typer.Option(True, "--progress/--no-progress", help="show progress bars")
+
+
+def _fail(exc: AmaliaError) -> None:
+    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _run_dir(run_dir: Path | None, settings) -> Path:
+    from components.manifest import new_run_dir
+
+    return run_dir if run_dir else new_run_dir(Path(settings.runs_dir))
+
+
+@app.command()
+def retrain(
+    profile: str | None = ProfileOpt,
+    run_dir: Path | None = typer.Option(None, help="run directory (default: new under runs/)"),
+    start: str | None = typer.Option(None, help="first stage to run (default: validate)"),
+    stop: str | None = typer.Option(None, help="last stage to run (default: register)"),
+    progress: bool = ProgressOpt,
+) -> None:
+    """Full retrain as a Prefect flow: validate -> translate -> mix -> align -> sft -> dpo
+    -> evaluate -> register, tracked in MLflow, ending with amalia-vl@challenger."""
+    try:
+        from components.settings import load_settings
+
+        settings = load_settings(profile)
+        for name in (start, stop):
+            if name and name not in STAGES:
+                raise AmaliaError(f"unknown stage '{name}'", f"stages are: {', '.join(ORDER)}")
+        target = _run_dir(run_dir, settings)
+        from flows.retrain import retrain_flow
+
+        summary = retrain_flow(profile=settings.profile, run_dir=str(target), start=start,
+                               stop=stop, progress=progress)
+    except AmaliaError as exc:
+        _fail(exc)
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    run_dir = Path(summary["run_dir"])
+    results_path = run_dir / "evaluate" / "results.json"
+    if results_path.exists():
+        results = json.loads(results_path.read_text())
+        table = Table(title="Held-out pt-PT tasks (candidate after dpo)")
+        for col in ("task", "metric", "n", "score", "chance"):
+            table.add_column(col)
+        for task, r in results.items():
+            if not task.startswith("_"):
+                table.add_row(task, r["metric"], str(r["n"]), f"{r['score']:.3f}",
+                              f"{r['chance']:.3f}")
+        console.print(table)
+    console.print(f"run dir: {run_dir}")
+    console.print(f"MLflow parent run: {summary['mlflow_parent_run_id']}")
+    if summary.get("registration"):
+        reg = summary["registration"]
+        console.print(f"registered: {reg['version_uri']} -> alias {reg['model_uri']}")
+
+
+@app.command(help=f"Run one stage into <run-dir>/<stage>/.\n\nStages:\n\n{STAGE_HELP}")
+def stage(
+    name: str = typer.Argument(..., help=f"one of: {', '.join(ORDER)}"),
+    run_dir: Path | None = typer.Option(
+        None, help="run directory holding earlier stages' outputs (default: new under runs/)"),
+    profile: str | None = ProfileOpt,
+    progress: bool = ProgressOpt,
+) -> None:
+    try:
+        from components.pipeline import run_tracked_stage
+        from components.settings import load_settings
+        from components.stages import check_prerequisites, get_spec
+
+        get_spec(name)
+        settings = load_settings(profile)
+        target = _run_dir(run_dir, settings)
+        check_prerequisites(name, target, settings)  # fail before MLflow opens a run
+        manifest = run_tracked_stage(name, settings, target, progress=progress)
+    except AmaliaError as exc:
+        _fail(exc)
+    console.print(f"[green]{name}[/] done -> {target / name}  counts={manifest['counts']}")
+
+
+@app.command()
+def promote(
+    name: str = typer.Option("amalia-vl", help="registered model name"),
+    metric: str = typer.Option("eval.mean_score", help="version tag compared"),
+    force: bool = typer.Option(False, help="promote even if the metric does not improve"),
+) -> None:
+    """Gated promotion: point `champion` at `challenger` only if it scores better."""
+    try:
+        from components.registry import promote as do_promote
+
+        decision = do_promote(name, metric=metric, force=force)
+    except AmaliaError as exc:
+        _fail(exc)
+    colour = "green" if decision.promoted else "yellow"
+    verdict = "promoted" if decision.promoted else "kept"
+    console.print(f"[{colour}]{verdict}[/]: {decision.reason} "
+                  f"(challenger v{decision.challenger_version}, "
+                  f"champion before v{decision.champion_version_before})")
+
+
+@app.command()
+def ask(
+    image: Path = typer.Argument(..., help="an image file (any size, RGB/RGBA/grey)"),
+    question: str = typer.Argument(..., help="a question in pt-PT"),
+    model: str = typer.Option("models:/amalia-vl@challenger",
+                              help="save_pretrained folder or MLflow model URI"),
+    max_new_tokens: int = typer.Option(32, help="answer length limit in tokens"),
+) -> None:
+    """Answer a question about an image with a trained model (greedy)."""
+    try:
+        from components.images import open_rgb
+
+        open_rgb(image)  # fail on a bad image before importing torch or loading a model
+        from components.inference import ask as do_ask
+        from components.registry import resolve_model_dir
+
+        answer = do_ask(resolve_model_dir(model), image, question, max_new_tokens)
+    except AmaliaError as exc:
+        _fail(exc)
+    console.print(answer, highlight=False)
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Path = typer.Option(Path("data"), help="output folder"),
+    profile: str | None = ProfileOpt,
+) -> None:
+    """Regenerate the embedded dataset (deterministic: same seed, same bytes).
+    Afterwards `dvc add data && dvc push` records the new version."""
+    try:
+        from components.data.synthetic import generate
+        from components.settings import load_settings
+
+        counts = generate(out, load_settings(profile))
+    except AmaliaError as exc:
+        _fail(exc)
+    console.print(f"wrote {out}: {counts}")
+
+
+@app.command("stages")
+def list_stages() -> None:
+    """List the pipeline stages in order, with what each needs."""
+    table = Table()
+    for col in ("stage", "needs", "what it does"):
+        table.add_column(col)
+    for s in STAGES.values():
+        table.add_row(s.name, ", ".join(s.requires) or "data/", s.summary)
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Run directories and stage manifests.
+
+A run directory holds one sub-directory per stage (`<run-dir>/<stage>/`). Each finished
+stage leaves `manifest.json`: its inputs (the manifests of the stages it read, by hash),
+its outputs (relative path -> sha256 and size), counts, the config digest and the code
+version. A stage whose manifest is present is complete; later stages check for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from components.errors import MissingInputError
+
+MANIFEST = "manifest.json"
+
+
+def new_run_dir(runs_dir: Path) -> Path:
+    """A fresh, timestamped run directory under `runs_dir` (not yet created)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = runs_dir / stamp
+    n = 1
+    while path.exists():
+        path = runs_dir / f"{stamp}-{n}"
+        n += 1
+    return path
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def hash_tree(root: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, dict[str, Any]]:
+    """`relative path -> {sha256, bytes}` for every file under `root`, sorted."""
+    out: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in exclude:
+            continue
+        out[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return out
+
+
+def tree_digest(files: dict[str, dict[str, Any]]) -> str:
+    blob = json.dumps({k: v["sha256"] for k, v in files.items()}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def code_version() -> str:
+    """Package version plus the git commit (and `-dirty`) when run from a checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pkg = version("amalia-vl")
+    except PackageNotFoundError:
+        pkg = "0+unknown"
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+            text=True, timeout=5, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return f"{pkg}+g{sha}{'-dirty' if dirty else ''}"
+    except (OSError, subprocess.SubprocessError):
+        return pkg
+
+
+def write_manifest(
+    stage_dir: Path,
+    stage: str,
+    *,
+    inputs: dict[str, str],
+    counts: dict[str, int],
+    metrics: dict[str, float],
+    config_digest: str,
+    started: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Hash the stage's outputs and write `<stage_dir>/manifest.json`; returns it."""
+    files = hash_tree(stage_dir)
+    manifest = {
+        "stage": stage,
+        "started": started,
+        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "inputs": inputs,
+        "outputs": files,
+        "outputs_digest": tree_digest(files),
+        "counts": counts,
+        "metrics": metrics,
+        "config_digest": config_digest,
+        "code_version": code_version(),
+        **(extra or {}),
+    }
+    (stage_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    return manifest
+
+
+def read_manifest(run_dir: Path, stage: str, needed_by: str | None = None) -> dict[str, Any]:
+    """The manifest of a finished stage, or a `MissingInputError` naming the fix."""
+    path = run_dir / stage / MANIFEST
+    if not path.exists():
+        who = f" (needed by '{needed_by}')" if needed_by else ""
+        raise MissingInputError(
+            f"stage '{stage}' has not run in {run_dir}{who}",
+            f"run: amalia-vl stage {stage} --run-dir {run_dir}",
+        )
+    return json.loads(path.read_text())

@@ -1,0 +1,1 @@
+"""Thin Prefect flows: wiring, retries and artifacts around `components` stage functions."""

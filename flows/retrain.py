@@ -1,0 +1,85 @@
+"""The retrain flow: validate -> translate -> mix -> align -> sft -> dpo -> evaluate -> register.
+
+Each stage is a Prefect task calling `components.pipeline.run_tracked_stage`, the same
+function the CLI and `dvc.yaml` use. The flow opens one MLflow parent run; every task
+opens its nested run by naming the parent explicitly, so tasks may run on other workers
+(Prefect work pools) later without changing this file. The evaluation table becomes a
+Prefect markdown artifact.
+
+Run it with `amalia-vl retrain` (local, ephemeral Prefect server unless PREFECT_API_URL is
+set) or deploy it to a work pool (see README "Scale out").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from components.manifest import new_run_dir
+from components.pipeline import run_tracked_stage, stages_from
+from components.settings import load_settings
+from components.tracking import parent_run
+
+# Training stages may hit transient worker faults (preemption, NCCL timeouts) on GPU pools;
+# data stages are deterministic and fail for real reasons, so they are not retried.
+RETRIES = {"align": 1, "sft": 1, "dpo": 1}
+
+
+@task(task_run_name="{name}")
+def stage_task(
+    name: str, profile: str, params_path: str | None, run_dir: str,
+    parent_run_id: str | None, progress: bool,
+) -> dict[str, Any]:
+    """Run one pipeline stage (settings re-read so the task is self-contained)."""
+    settings = load_settings(profile, params_path)
+    manifest = run_tracked_stage(name, settings, Path(run_dir), parent_run_id, progress)
+    get_run_logger().info("stage %s done: counts=%s", name, manifest["counts"])
+    return manifest
+
+
+@flow(name="amalia-vl-retrain")
+def retrain_flow(
+    profile: str | None = None,
+    run_dir: str | None = None,
+    params_path: str | None = None,
+    start: str | None = None,
+    stop: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Full retrain on `profile` into `run_dir` (new under runs/ by default).
+
+    `start`/`stop` restrict the chain (e.g. start=sft re-runs from sft on an existing
+    run directory). Returns a summary: run dir, MLflow parent run, per-stage counts,
+    evaluation results and the registration.
+    """
+    settings = load_settings(profile, params_path)
+    run_path = Path(run_dir) if run_dir else new_run_dir(Path(settings.runs_dir))
+    run_path.mkdir(parents=True, exist_ok=True)
+    logger = get_run_logger()
+    logger.info("retrain: profile=%s run_dir=%s", settings.profile, run_path)
+
+    manifests: dict[str, dict[str, Any]] = {}
+    with parent_run(settings, run_path) as parent_id:
+        for name in stages_from(start, stop):
+            runner = stage_task.with_options(retries=RETRIES.get(name, 0))
+            manifests[name] = runner(name, settings.profile, params_path, str(run_path),
+                                     parent_id, progress)
+        results_md = run_path / "evaluate" / "results.md"
+        if results_md.exists():
+            create_markdown_artifact(
+                key="amalia-vl-evaluation",
+                markdown=f"# AMALIA-VL evaluation ({run_path.name})\n\n{results_md.read_text()}",
+                description="Held-out pt-PT task scores: candidate vs previous stage",
+            )
+    registration = manifests.get("register", {}).get("registration")
+    return {
+        "run_dir": str(run_path),
+        "mlflow_parent_run_id": parent_id,
+        "profile": settings.profile,
+        "counts": {k: m["counts"] for k, m in manifests.items()},
+        "metrics": {k: m["metrics"] for k, m in manifests.items()},
+        "registration": registration,
+    }

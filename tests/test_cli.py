@@ -1,0 +1,66 @@
+"""The CLI's faces: --help explains, bad input is one line with the fix, exit code 1."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "amalia_vl", *args], cwd=cwd or REPO,
+                          capture_output=True, text=True, timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    text = " ".join(proc.stderr.split())
+    assert text.startswith("error:"), proc.stderr
+    for needle in needles:
+        assert needle in text, (needle, proc.stderr)
+
+
+def test_help_lists_every_command_and_stage():
+    out = cli("--help").stdout
+    for cmd in ("retrain", "stage", "promote", "ask", "data"):
+        assert cmd in out
+    stage_help = cli("stage", "--help").stdout
+    for name in ("validate", "translate", "mix", "align", "sft", "dpo", "evaluate", "register"):
+        assert name in stage_help
+
+
+def test_unknown_stage():
+    assert_one_line_error(cli("stage", "bogus"), "unknown stage 'bogus'", "validate")
+
+
+def test_missing_prerequisite_names_the_command(tmp_path):
+    proc = cli("stage", "sft", "--run-dir", str(tmp_path))
+    assert_one_line_error(proc, "stage 'mix' has not run", "amalia-vl stage mix")
+
+
+def test_missing_data_dir(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    proc = subprocess.run(
+        [sys.executable, "-m", "amalia_vl", "stage", "validate", "--run-dir", "r"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "AMALIA_PARAMS": str(tmp_path / "params.yaml")},
+    )
+    assert_one_line_error(proc, "data directory 'data' not found", "dvc pull")
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image at all"])
+def test_ask_unreadable_image(tmp_path, content):
+    bad = tmp_path / "photo.jpg"
+    bad.write_bytes(content)
+    assert_one_line_error(cli("ask", str(bad), "O que se vê?"), "cannot read image", "photo.jpg")
+
+
+def test_ask_missing_image(tmp_path):
+    assert_one_line_error(cli("ask", str(tmp_path / "nope.png"), "?"), "file not found")
+
+
+def test_unknown_profile():
+    assert_one_line_error(cli("retrain", "--profile", "huge"), "unknown profile 'huge'")
