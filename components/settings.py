@@ -36,7 +36,7 @@ class ValidateSettings(_Section):
 
 class TranslateSettings(_Section):
     backend: Literal["memory", "hf_seq2seq", "hf_llm"] = "memory"
-    memory_path: str = "data/seed_en/translation_memory.jsonl"
+    memory_path: str = "seed_en/translation_memory.jsonl"  # relative to data_dir
     model_id: str | None = None
     source_lang: str = "en"
     target_lang: str = "pt-PT"

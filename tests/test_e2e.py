@@ -33,8 +33,6 @@ def retrained(tmp_path_factory, prefect_server):
     params["profile"] = "ci"
     params["base"]["data_dir"] = str(root / "data")
     params["base"]["runs_dir"] = str(root / "runs")
-    params["base"]["translate"]["memory_path"] = str(
-        root / "data" / "seed_en" / "translation_memory.jsonl")
     params_path = root / "params.yaml"
     params_path.write_text(yaml.safe_dump(params, allow_unicode=True))
     settings = load_settings(params_path=params_path)
