@@ -116,7 +116,7 @@ def check_prerequisites(name: str, run_dir: Path, settings: Settings) -> dict[st
     if name == "validate" and not Path(settings.data_dir).is_dir():
         raise MissingInputError(
             f"data directory '{settings.data_dir}' not found",
-            "run: dvc pull  (or regenerate it: amalia-vl data generate)",
+            "run: dvc pull data.dvc  (or regenerate it: amalia-vl data generate)",
         )
     return {req: read_manifest(run_dir, req, needed_by=name)["outputs_digest"]
             for req in spec.requires}

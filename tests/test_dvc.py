@@ -42,7 +42,7 @@ def fresh_copy(tmp_path_factory) -> Path:
 
 def test_data_dvc_pull_is_offline_and_byte_identical(fresh_copy):
     assert not (fresh_copy / "data").exists()
-    sh("dvc", "pull", "-q", cwd=fresh_copy)
+    sh("dvc", "pull", "-q", "data.dvc", cwd=fresh_copy)
     status = sh("dvc", "data", "status", "--json", cwd=fresh_copy).stdout
     assert "modified" not in json.loads(status or "{}")
     for path in (REPO / "data").rglob("*"):
@@ -54,7 +54,7 @@ def test_data_dvc_pull_is_offline_and_byte_identical(fresh_copy):
 @pytest.mark.e2e
 def test_dvc_repro_runs_the_chain(fresh_copy):
     if not (fresh_copy / "data").exists():
-        sh("dvc", "pull", "-q", cwd=fresh_copy)
+        sh("dvc", "pull", "-q", "data.dvc", cwd=fresh_copy)
     params = yaml.safe_load((fresh_copy / "params.yaml").read_text())
     params["profile"] = "ci"
     (fresh_copy / "params.yaml").write_text(yaml.safe_dump(params, allow_unicode=True))
