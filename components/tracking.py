@@ -50,10 +50,10 @@ def _log_data_input(mlflow: Any) -> None:
     info = dvc_data_hash()
     if not info:
         return
-    from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = FileSystemDatasetSource(uri=str(Path(info["path"]).resolve()))
+    source = resolve_dataset_source(str(Path(info["path"]).resolve()))
     dataset = MetaDataset(source=source, name=f"dvc:{info['path']}", digest=info["md5"][:36])
     mlflow.log_input(dataset, context="raw-data", tags={"dvc_md5": info["md5"]})
     mlflow.set_tag("dvc.data_md5", info["md5"])
