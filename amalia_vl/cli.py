@@ -189,6 +189,25 @@ def data_generate(
     console.print(f"wrote {out}: {counts}")
 
 
+@app.command()
+def score(
+    predictions: Path = typer.Argument(..., help="JSONL: one object a line with `prediction` "
+                                       "and `answers` (a list or a single string)"),
+    metric: str = typer.Option(..., "--metric", "-m", help="e.g. anls, relaxed_accuracy, "
+                               "vqa_accuracy, exact_match, mc_accuracy, token_f1, pope_f1, cider"),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object {"metric", '
+                                 '"score", "n", "scores"}'),
+) -> None:
+    """Re-score saved predictions with a standard metric, without generating."""
+    try:
+        from components.metrics.score_file import score_command
+
+        text = score_command(metric, predictions, as_json)
+    except AmaliaError as exc:
+        _fail(exc)
+    typer.echo(text)
+
+
 @app.command("stages")
 def list_stages() -> None:
     """List the pipeline stages in order, with what each needs."""

@@ -64,3 +64,21 @@ def test_ask_missing_image(tmp_path):
 
 def test_unknown_profile():
     assert_one_line_error(cli("retrain", "--profile", "huge"), "unknown profile 'huge'")
+
+
+def test_score_json_contract(tmp_path):
+    import json
+
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text('{"prediction": "1.050,5", "answers": ["1050.5"]}\n'
+                     '{"prediction": "Porto", "answers": "Lisboa"}\n')
+    proc = cli("score", "--metric", "relaxed_accuracy", str(preds), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out == {"metric": "relaxed_accuracy", "score": 0.5, "n": 2, "scores": [1.0, 0.0]}
+
+
+def test_score_bad_line_names_file_and_line(tmp_path):
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text('{"prediction": "a", "answers": ["a"]}\n{broken\n')
+    assert_one_line_error(cli("score", "-m", "exact_match", str(preds)), "preds.jsonl", "2")
