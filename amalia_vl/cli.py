@@ -208,6 +208,23 @@ def score(
     typer.echo(text)
 
 
+@app.command()
+def variety(
+    kind: str = typer.Option("cues", help="detector: `cues` (offline lexical/morpho-syntactic "
+                             "model) or `hf` (a Hugging Face classifier, see --model)"),
+    model: str | None = typer.Option(None, help="weights JSON for `cues`, or a classifier "
+                                     "id/folder for `hf` (e.g. liaad/PtVId)"),
+) -> None:
+    """pt-PT vs pt-BR: read one text per line on stdin, write one JSON line per input with
+    `label` (pt-PT, pt-BR or unknown) and `score` (probability of pt-PT)."""
+    try:
+        from components.variety.report import variety_command
+
+        variety_command(sys.stdin, sys.stdout, kind=kind, model=model)
+    except AmaliaError as exc:
+        _fail(exc)
+
+
 @app.command("stages")
 def list_stages() -> None:
     """List the pipeline stages in order, with what each needs."""

@@ -82,3 +82,15 @@ def test_score_bad_line_names_file_and_line(tmp_path):
     preds = tmp_path / "preds.jsonl"
     preds.write_text('{"prediction": "a", "answers": ["a"]}\n{broken\n')
     assert_one_line_error(cli("score", "-m", "exact_match", str(preds)), "preds.jsonl", "2")
+
+
+def test_variety_reads_stdin_writes_json_lines():
+    import json
+
+    proc = subprocess.run([sys.executable, "-m", "amalia_vl", "variety"], cwd=REPO,
+                          input="Estou a apanhar o autocarro.\nEstou pegando o ônibus.\n\n",
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["label"] for r in rows] == ["pt-PT", "pt-BR", "unknown"]
+    assert rows[0]["score"] > 0.5 > rows[1]["score"]

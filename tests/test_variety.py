@@ -1,0 +1,320 @@
+"""pt-PT vs pt-BR (issue #4): the cue detector, its data, the normaliser, the HF backend
+and the line-in / JSON-out command. Fast: no downloads, one tiny local classifier."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+
+import pytest
+
+from components.errors import ConfigError, MissingInputError
+from components.variety import detector as vd
+from components.variety.detector import (
+    PT_BR,
+    PT_PT,
+    UNKNOWN,
+    CueDetector,
+    HFClassifierDetector,
+    VarietyDetector,
+    assign_splits,
+    fit,
+    load_samples,
+    load_weights,
+    make_detector,
+    variety_of_label,
+)
+from components.variety.normalise import gerund_to_infinitive, normalise_br_to_pt
+from components.variety.report import classify_lines, evaluate_detector, variety_command
+
+# Measured on the held-out split (bench/results/variety.json): accuracy 0.988, macro-F1 0.994.
+# The floors leave room for one or two more misses, not for a regression to chance.
+HELDOUT_ACCURACY_FLOOR = 0.93
+HELDOUT_F1_FLOOR = 0.93
+
+
+@pytest.fixture(scope="module")
+def cues() -> CueDetector:
+    return CueDetector()
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[dict]:
+    return load_samples()
+
+
+# ------------------------------------------------------------------ data
+
+
+def test_sample_is_balanced_varied_and_split_deterministically(samples):
+    assert len(samples) >= 240
+    assert len({s["text"] for s in samples}) == len(samples)
+    labels = Counter(s["label"] for s in samples)
+    assert labels[PT_PT] == labels[PT_BR]
+    domains = Counter(s["domain"] for s in samples)
+    assert set(domains) >= {"caption", "vqa", "document", "dialogue"}
+    assert min(domains.values()) >= 40
+    test = [s for s in samples if s["split"] == "test"]
+    assert 0.25 <= len(test) / len(samples) <= 0.35
+    assert Counter(s["label"] for s in test)[PT_PT] == Counter(s["label"] for s in test)[PT_BR]
+    # the split written in the file is the one assign_splits computes
+    resplit = assign_splits([{k: v for k, v in s.items() if k != "split"} for s in samples])
+    assert [s["split"] for s in resplit] == [s["split"] for s in samples]
+
+
+# ------------------------------------------------------------------ the cue model
+
+
+def test_heldout_accuracy_and_macro_f1(cues, samples):
+    m = evaluate_detector(cues, [s for s in samples if s["split"] == "test"])
+    assert m["accuracy"] >= HELDOUT_ACCURACY_FLOOR, m
+    assert m["macro_f1"] >= HELDOUT_F1_FLOOR, m
+    assert m["brier"] <= 0.05, m
+    assert m["unknown_rate"] <= 0.05, m
+    assert set(m["per_class"]) == {PT_PT, PT_BR}
+
+
+@pytest.mark.parametrize(("text", "label"), [
+    ("Apanhei o autocarro para o trabalho.", PT_PT),
+    ("Peguei o ônibus para o trabalho.", PT_BR),
+    ("Deixei o telemóvel na casa de banho.", PT_PT),
+    ("Deixei o celular no banheiro.", PT_BR),
+    ("O comboio para o Porto está atrasado.", PT_PT),
+    ("O trem para Santos está atrasado.", PT_BR),
+    ("Tomámos o pequeno-almoço com sumo de laranja.", PT_PT),
+    ("Tomamos café da manhã com suco de laranja.", PT_BR),
+    ("O guarda-redes da equipa defendeu o penálti.", PT_PT),
+    ("O goleiro da equipe defendeu o pênalti.", PT_BR),
+    ("Guarde o ficheiro antes de fechar o ecrã.", PT_PT),
+    ("O usuário deve salvar o arquivo no notebook.", PT_BR),
+    ("Para qualquer questão, contacte a receção.", PT_PT),
+    ("Para qualquer dúvida, entre em contato com a recepção.", PT_BR),
+    ("O António estuda economia e género.", PT_PT),
+    ("O Antônio estuda o gênero humano.", PT_BR),
+])
+def test_classic_pairs(cues, text, label):
+    assert cues.classify([text])[0]["label"] == label, cues.explain(text)
+
+
+@pytest.mark.parametrize(("text", "label"), [
+    # progressive aspect only
+    ("Ela está a ler um livro ao pé da janela.", PT_PT),
+    ("Ela está lendo um livro perto da janela.", PT_BR),
+    # clitic placement only
+    ("Diz-me uma coisa.", PT_PT),
+    ("Me diz uma coisa.", PT_BR),
+    ("Ela chama-se Teresa.", PT_PT),
+    ("Ela se chama Teresa.", PT_BR),
+    # address: tu + 2nd person verb vs você
+    ("Queres vir jantar?", PT_PT),
+    ("Você quer vir jantar?", PT_BR),
+])
+def test_subtle_cues(cues, text, label):
+    assert cues.classify([text])[0]["label"] == label, cues.explain(text)
+
+
+@pytest.mark.parametrize("text", ["", "   ", "O carro é vermelho.", "Bom dia.",
+                                  "Uma mesa com dois copos."])
+def test_no_evidence_is_unknown(cues, text):
+    out = cues.classify([text])[0]
+    assert out["label"] == UNKNOWN
+    assert 0.0 <= out["score"] <= 1.0
+
+
+def test_scores_are_probabilities_and_the_contract_holds(cues, samples):
+    assert isinstance(cues, VarietyDetector)
+    scores = cues.score([s["text"] for s in samples])
+    assert len(scores) == len(samples) and all(0.0 <= s <= 1.0 for s in scores)
+    assert vd.label_for(0.55) == UNKNOWN and vd.label_for(0.9) == PT_PT
+    assert vd.label_for(0.1) == PT_BR and vd.label_for(0.9, evidence=False) == UNKNOWN
+
+
+def test_refit_reproduces_the_shipped_weights(samples):
+    shipped = load_weights()
+    refit = json.loads(json.dumps(fit(samples)))  # same rounding as the file
+
+    def close(a, b, path="") -> None:
+        if isinstance(a, dict):
+            assert set(a) == set(b), path
+            for k in a:
+                close(a[k], b[k], f"{path}.{k}")
+        elif isinstance(a, float) or isinstance(b, float):
+            assert a == pytest.approx(b, abs=1e-5), path
+        else:
+            assert a == b, path
+
+    close(refit, shipped)
+    assert len(shipped["cues"]) >= 120  # both sides of >= 60 pairs, plus syntax cues
+    # every cue points where its linguistics says it should
+    for name, w in shipped["cues"].items():
+        assert (w > 0) == (vd.CUE_BY_NAME[name].variety == PT_PT), name
+
+
+# ------------------------------------------------------------------ normaliser
+
+
+@pytest.mark.parametrize(("br", "pt"), [
+    ("Estou fazendo o jantar.", "Estou a fazer o jantar."),
+    ("Ele está correndo no parque.", "Ele está a correr no parque."),
+    ("Eles estão partindo amanhã.", "Eles estão a partir amanhã."),
+    ("Você está me ouvindo?", "Você está a ouvir-me?"),
+    ("Ele está pondo a mesa.", "Ele está a pôr a mesa."),
+    ("Fiquei pensando nisso.", "Fiquei a pensar nisso."),
+    ("Um homem andando de bicicleta perto do rio.", "Um homem a andar de bicicleta perto do rio."),
+    ("Me diz quantas xícaras tem em cima do balcão.",
+     "Diz-me quantas chávenas há em cima do balcão."),
+    ("Ela se chama Joana.", "Ela chama-se Joana."),
+    ("Você pode me mandar a foto?", "Você pode mandar-me a foto?"),
+    ("Vou me embora.", "Vou-me embora."),
+    ("O banheiro fica no fundo do corredor.", "A casa de banho fica no fundo do corredor."),
+    ("Deixei o celular no ônibus.", "Deixei o telemóvel no autocarro."),
+    ("Os ônibus estão atrasados.", "Os autocarros estão atrasados."),
+    ("O trem chegou.", "O comboio chegou."),
+    ("Bebi um suco no café da manhã.", "Bebi um sumo no pequeno-almoço."),
+    ("Entre em contato conosco.", "Entre em contacto connosco."),
+    ("O relatório econômico do Antônio.", "O relatório económico do António."),
+    ("O registro foi feito na recepção.", "O registo foi feito na receção."),
+    ("O bebê está dormindo.", "O bebé está a dormir."),
+    ("De fato, é verdade.", "De facto, é verdade."),
+    ("Salve o arquivo na pasta do computador.", "Salve o ficheiro na pasta do computador."),
+    ("A TELA DO COMPUTADOR", "O ECRÃ DO COMPUTADOR"),
+    ("Meu irmão tem que trabalhar.", "O meu irmão tem de trabalhar."),
+    ("Preencha com seu nome.", "Preencha com o seu nome."),
+    ("Pague até o dia 10.", "Pague até ao dia 10."),
+    ("Vou pra casa, né?", "Vou para casa, não é?"),
+])
+def test_normaliser_examples(br, pt):
+    assert normalise_br_to_pt(br) == pt
+
+
+@pytest.mark.parametrize("text", [
+    "O arquivo histórico da cidade abriu ao público.",   # "arquivo" outside IT stays
+    "A biologia celular estuda as células.",             # adjective "celular" stays
+    "O homem de fato azul chegou.",                      # "fato" = suit stays
+    "Quantos anos tem a tua filha?",                     # possessive "tem" stays
+    "Ele vai se quiser.",                                # "se" = "if" stays
+    "Ele estava quando chegou.",                         # "quando" is not a gerund
+    "",
+])
+def test_normaliser_leaves_safe_text_alone(text):
+    assert normalise_br_to_pt(text) == text
+
+
+def test_normaliser_keeps_pt_pt_and_moves_pt_br(cues, samples):
+    for s in samples:
+        if s["label"] == PT_PT:
+            assert normalise_br_to_pt(s["text"]) == s["text"]
+    br = [s["text"] for s in samples if s["label"] == PT_BR]
+    before = sum(cues.score(br)) / len(br)
+    after = sum(cues.score([normalise_br_to_pt(t) for t in br])) / len(br)
+    assert before < 0.1 and after > 0.5, (before, after)
+
+
+def test_gerund_to_infinitive():
+    assert [gerund_to_infinitive(g) for g in ("fazendo", "partindo", "indo", "vindo", "Pondo",
+                                              "compondo", "quando")] == [
+        "fazer", "partir", "ir", "vir", "Pôr", "compor", None]
+
+
+# ------------------------------------------------------------------ HF backend
+
+
+def _tiny_classifier(path, id2label: dict[int, str], bias: tuple[float, float]) -> str:
+    """A 1-layer BERT with a WordPiece tokenizer trained here; the head's bias fixes which
+    label wins, so the label mapping is tested, not the (random) encoder."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForSequenceClassification, PreTrainedTokenizerFast
+
+    sents = [s["text"] for s in load_samples()[:40]]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(sents, trainers.WordPieceTrainer(
+        vocab_size=300, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
+                                   cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=64,
+                     num_labels=len(id2label), id2label=id2label,
+                     label2id={v: k for k, v in id2label.items()})
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(cfg)
+    with torch.no_grad():
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor(bias))
+    fast.save_pretrained(path)
+    model.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_pt(tmp_path_factory) -> str:
+    """Always says PT-PT (id 1)."""
+    return _tiny_classifier(tmp_path_factory.mktemp("tiny_pt"), {0: "PT-BR", 1: "PT-PT"},
+                            (-4.0, 4.0))
+
+
+def test_hf_backend_loads_and_returns_probabilities(tiny_pt):
+    det = make_detector("hf", tiny_pt)
+    assert isinstance(det, HFClassifierDetector) and isinstance(det, VarietyDetector)
+    texts = ["O autocarro está a chegar.", "O ônibus está chegando.", "", "Diz-me tudo."]
+    scores = det.score(texts)
+    assert len(scores) == 4 and all(0.0 <= s <= 1.0 for s in scores)
+    out = det.classify(texts)
+    assert [o["label"] for o in out] == [PT_PT, PT_PT, UNKNOWN, PT_PT]
+    assert out[0]["score"] == pytest.approx(0.99966, abs=1e-4)  # softmax of (-4, 4)
+
+
+def test_hf_label_mapping_follows_id2label(tmp_path):
+    path = _tiny_classifier(tmp_path / "swapped", {0: "pt_PT", 1: "pt_BR"}, (-4.0, 4.0))
+    assert HFClassifierDetector(path).classify(["Olá"])[0]["label"] == PT_BR
+    bad = _tiny_classifier(tmp_path / "bad", {0: "NEGATIVE", 1: "POSITIVE"}, (0.0, 0.0))
+    with pytest.raises(ConfigError):
+        HFClassifierDetector(bad)
+
+
+def test_label_aliases():
+    assert [variety_of_label(x) for x in ("PT-PT", "pt_PT", "pt-pt", "PT-BR", "pt_BR",
+                                          "Brazilian", "LABEL_0")] == [
+        PT_PT, PT_PT, PT_PT, PT_BR, PT_BR, PT_BR, None]
+
+
+def test_make_detector_refuses_bad_requests(tmp_path):
+    with pytest.raises(ConfigError):
+        make_detector("magic")
+    with pytest.raises(ConfigError):
+        make_detector("hf")
+    with pytest.raises(MissingInputError):
+        make_detector("hf", str(tmp_path / "nowhere"))
+
+
+# ------------------------------------------------------------------ command face
+
+
+def test_variety_command_one_json_line_per_input_line():
+    lines = ["O miúdo está a comer um gelado.", "", "O garoto está tomando sorvete.",
+             "O carro é vermelho.", "Me diz onde fica o banheiro."]
+    out = io.StringIO()
+    n = variety_command(io.StringIO("\n".join(lines) + "\n"), out)
+    rows = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert n == len(rows) == len(lines)
+    assert [r["text"] for r in rows] == lines
+    assert [r["label"] for r in rows] == [PT_PT, UNKNOWN, PT_BR, UNKNOWN, PT_BR]
+    assert all(set(r) == {"text", "label", "score"} and 0 <= r["score"] <= 1 for r in rows)
+
+
+def test_variety_command_with_the_hf_backend(tiny_pt):
+    out = io.StringIO()
+    assert variety_command(io.StringIO("Olá\n\nAdeus\n"), out, kind="hf", model=tiny_pt) == 3
+    assert [json.loads(x)["label"] for x in out.getvalue().splitlines()] == [
+        PT_PT, UNKNOWN, PT_PT]
+
+
+def test_classify_lines_streams_in_order(cues):
+    rows = list(classify_lines((f"linha {i}\n" for i in range(150)), cues, batch_size=64))
+    assert [r["text"] for r in rows] == [f"linha {i}" for i in range(150)]
