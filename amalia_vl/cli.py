@@ -42,6 +42,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Manage the embedded dataset under data/.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+tasks_app = typer.Typer(help="Evaluation tasks (one YAML each): list, show prompts, export "
+                        "to lmms-eval.", no_args_is_help=True)
+app.add_typer(tasks_app, name="eval-tasks")
 
 ProfileOpt = typer.Option(None, "--profile", "-p",
                           help="params.yaml profile (default: its `profile` key, or "
@@ -223,6 +226,66 @@ def variety(
         variety_command(sys.stdin, sys.stdout, kind=kind, model=model)
     except AmaliaError as exc:
         _fail(exc)
+
+
+@tasks_app.command("list")
+def eval_tasks_list(profile: str | None = ProfileOpt) -> None:
+    """Every known task: where its data comes from, split and metrics."""
+    try:
+        from components.evaltasks.spec import list_tasks
+        from components.settings import load_settings
+
+        rows = list_tasks(load_settings(profile).evaluate.task_dirs)
+    except AmaliaError as exc:
+        _fail(exc)
+    table = Table()
+    for col in ("task", "group", "dataset", "split", "metrics"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["task"], r["group"] or "", r["dataset"], r["split"] or "",
+                      ", ".join(r["metrics"]))
+    console.print(table)
+
+
+@tasks_app.command("show")
+def eval_tasks_show(task: str = typer.Argument(..., help="task or group name"),
+                    profile: str | None = ProfileOpt) -> None:
+    """The exact pt-PT prompt a task sends, on its example document."""
+    try:
+        from components.evaltasks.examples import example_prompt
+        from components.evaltasks.spec import resolve
+        from components.settings import load_settings
+
+        specs = resolve([task], load_settings(profile).evaluate.task_dirs)
+        for spec in specs:
+            console.print(f"[bold]{spec.task}[/]\n{example_prompt(spec)}\n", highlight=False)
+    except AmaliaError as exc:
+        _fail(exc)
+
+
+@tasks_app.command("export-lmms")
+def eval_tasks_export(
+    out_dir: Path = typer.Argument(..., help="folder to pass to lmms-eval --include_path"),
+    task: list[str] | None = typer.Option(None, "--task", help="only these tasks (repeatable)"),
+    run_dir: Path | None = typer.Option(None, help="include the embedded tasks of this run"),
+    profile: str | None = ProfileOpt,
+) -> None:
+    """Write our task YAMLs as an lmms-eval include path (use with `--model llava_hf`)."""
+    try:
+        from components.evaltasks.lmms import export_lmms_eval
+        from components.settings import load_settings
+
+        settings = load_settings(profile)
+        files = export_lmms_eval(
+            out_dir, task or None, extra_dirs=settings.evaluate.task_dirs,
+            datasets=settings.evaluate.datasets, run_dir=run_dir,
+            data_root=settings.data_dir if run_dir else None,
+            default_max_new_tokens=settings.evaluate.max_new_tokens)
+    except AmaliaError as exc:
+        _fail(exc)
+    console.print(f"wrote {len(files)} files to {out_dir}; run: lmms-eval --model llava_hf "
+                  f"--model_args pretrained=<model folder> --include_path {out_dir} "
+                  f"--tasks amalia_vl_suite")
 
 
 @app.command("stages")

@@ -1,166 +1,282 @@
-"""The `evaluate` stage: held-out pt-PT tasks, scored exactly, candidate vs baselines.
+"""The `evaluate` stage: the pt-PT task suite, scored exactly, candidate vs baselines.
 
-Reads `<run>/mix/eval.jsonl` (qa records of the test split: images never seen in
-training) and generates answers greedily with the candidate (`<run>/dpo/model`) and the
-previous stage's checkpoint (`<run>/sft/model`). Writes:
-- `results.json`: per task family `{"score", "chance", "n", "metric"}` for the candidate
-  (the contract later issues and the registry rely on), plus `_summary`.
-- `comparison.json`: the same per task for every model evaluated (candidate, sft,
-  champion when a `champion` was passed in `extra_models`).
-- `predictions.jsonl`: one line per sample and model (id, task, question, answer,
-  prediction, correct).
-- `results.md` (a table) and `results.png` (bar plot of score vs chance per task).
+Runs the tasks named in `settings.evaluate.tasks` (YAML definitions in
+`components/evaltasks/tasks/`; default: the five embedded held-out families read from
+`<run>/mix/eval.jsonl`) on the candidate (`<run>/dpo/model`), the previous stage's
+checkpoint (`<run>/sft/model`) and, when the tracking store has one, the registered
+`champion` (`models:/<register.model_name>@champion`). Generation is batched and greedy,
+with a progress bar. A task whose dataset cannot be reached (offline hub, missing file) is
+skipped with its reason; the stage still succeeds.
+
+Writes into `<run>/evaluate/`:
+- `results.json`: the candidate's per-task `{"score", "chance", "n", "metric"}` (the
+  contract the registry and the CLI rely on: exactly these keys), `_summary`
+  (`mean_score` = mean of score / task scale, `min_score_over_chance`) and `_skipped`
+  (`{task: {"reason", "dataset"}}`).
+- `comparison.json`: per model, per task the same plus `metrics` (every metric of the
+  task), `scale`, `details` (breakdowns, corpus details, dropped rows) and `dialect`;
+  `_summary` per model; `_meta` (candidate, baselines, champion status, skipped tasks).
+- `dialect.json`: per model and task (and `_all`), the shares of answers the pt-PT/pt-BR
+  variety detector labels pt-PT, pt-BR and unknown: the "native pt-PT" claim, measured.
+- `predictions.jsonl`: one line per sample and model (model, task, id, question = the
+  prompt, answer, answers, prediction, raw, score, correct, dialect).
+- `results.md` (table, skipped tasks, champion note), `results.png` (candidate vs sft vs
+  champion per task, as a fraction of each task's scale, with chance), `table.json` (rows
+  for a Prefect table artifact).
 """
 
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
-from collections import defaultdict
+import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
-from components.records import Record, read_records, write_records
+from components.errors import AmaliaError
+from components.records import write_records
 from components.stages import StageContext, StageOutput
+
+log = logging.getLogger(__name__)
 
 CANDIDATE = "dpo"
 BASELINES = ("sft",)
-
-
-def normalise_answer(text: str) -> str:
-    """Lower-case, NFC, strip punctuation and surrounding space; keeps accents (pt-PT)."""
-    text = unicodedata.normalize("NFC", text or "").strip().lower()
-    text = re.sub(r"[\s]+", " ", text)
-    return text.strip(" .!?;:,\"'«»")
-
-
-def exact_match(prediction: str, answer: str) -> float:
-    return float(normalise_answer(prediction) == normalise_answer(answer))
-
-
-def chance_of(record: Record) -> float:
-    """Score of uniform guessing among the record's options (0 if open-ended)."""
-    return 1.0 / len(record.options) if record.options else 0.0
-
-
-def score_predictions(records: list[Record], predictions: list[str]) -> dict[str, dict]:
-    """Per task family `{"score", "chance", "n", "metric"}` from aligned lists."""
-    by_task: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for rec, pred in zip(records, predictions, strict=True):
-        by_task[rec.task_family].append((exact_match(pred, rec.answer or ""), chance_of(rec)))
-    return {
-        task: {
-            "score": sum(s for s, _ in rows) / len(rows),
-            "chance": sum(c for _, c in rows) / len(rows),
-            "n": len(rows),
-            "metric": "exact_match",
-        }
-        for task, rows in sorted(by_task.items())
-    }
+CHAMPION = "champion"
+RESULT_KEYS = ("score", "chance", "n", "metric")
+CACHE = "_cache"
 
 
 def summarise(results: dict[str, dict]) -> dict[str, float]:
+    """`mean_score` (mean of score / scale over tasks) and `min_score_over_chance`."""
     tasks = [r for k, r in results.items() if not k.startswith("_")]
-    mean = sum(r["score"] for r in tasks) / max(len(tasks), 1)
+    mean = sum(r["score"] / r.get("scale", 1.0) for r in tasks) / max(len(tasks), 1)
     worst_ratio = min((r["score"] / r["chance"] for r in tasks if r["chance"]), default=0.0)
     return {"mean_score": mean, "min_score_over_chance": worst_ratio}
 
 
-def evaluate_model(
-    model_dir: Path, records: list[Record], data_dir: Path, settings: Any, progress: bool
-) -> list[str]:
-    """Greedy answers of the model in `model_dir` to every record's question."""
-    from components.inference import generate_answers
+def find_champion(settings) -> tuple[Path | None, dict[str, Any]]:
+    """The local folder of `models:/<name>@<champion_alias>` and a status dict
+    (`status`: compared | absent | unavailable | disabled, `note` for results.md)."""
+    alias = settings.evaluate.champion_alias
+    name = settings.register_.model_name
+    if not alias:
+        return None, {"status": "disabled",
+                      "note": "comparison disabled (evaluate.champion_alias is null)."}
+    uri = f"models:/{name}@{alias}"
+    from components.tracking import tracking_uri
+
+    store = tracking_uri()
+    if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).exists():
+        return None, {"status": "absent", "uri": uri,
+                      "note": f"no tracking store yet ({store}), so no {uri}: "
+                              f"compared with the previous stage only."}
+    from components.registry import alias_version, resolve_model_dir
+
+    try:
+        version = alias_version(name, alias)
+    except Exception as exc:  # an unreachable store raises transport errors of many kinds
+        return None, {"status": "unavailable", "uri": uri,
+                      "note": f"{uri} not resolved ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}): "
+                              f"compared with the previous stage only."}
+    if version is None:
+        return None, {"status": "absent", "uri": uri,
+                      "note": f"no champion registered ({uri} does not exist): compared "
+                              f"with the previous stage only."}
+    try:
+        path = resolve_model_dir(uri)
+    except AmaliaError as exc:
+        return None, {"status": "unavailable", "uri": uri, "version": str(version.version),
+                      "note": f"{uri} (version {version.version}) not loadable: {exc}"}
+    return path, {"status": "compared", "uri": uri, "version": str(version.version),
+                  "note": f"{uri} is version {version.version}; compared above as "
+                          f"'{CHAMPION}'."}
+
+
+def _data_root(ctx: StageContext, spec, location: str | None) -> Path | None:
+    """Where relative image paths of a task's documents resolve."""
+    if spec.dataset.kind == "run_mix" and location is None:
+        return ctx.data_dir
+    where = location or spec.dataset.path or ""
+    if where.startswith("s3://"):
+        return None
+    path = Path(where)
+    return path if path.is_dir() else path.parent if path.exists() else None
+
+
+def prepare_suite(ctx: StageContext) -> tuple[list, dict[str, dict[str, str]]]:
+    """Every task of `settings.evaluate.tasks` prepared once; unreachable ones skipped."""
+    from components.evaltasks.harness import prepare_task
+    from components.evaltasks.loaders import TaskUnavailable
+    from components.evaltasks.spec import resolve
+
+    cfg = ctx.settings.evaluate
+    prepared, skipped = [], {}
+    for spec in resolve(cfg.tasks, cfg.task_dirs):
+        location = cfg.datasets.get(spec.task)
+        where = location or spec.dataset.path or f"<run>/mix/{spec.dataset.file}"
+        where += f" [{spec.dataset.name}]" if spec.dataset.name and not location else ""
+        try:
+            task = prepare_task(
+                spec, run_dir=ctx.run_dir, data_root=_data_root(ctx, spec, location),
+                cache_dir=ctx.out_dir / CACHE, location=location, limit=cfg.limit,
+                s3_endpoint=ctx.settings.ingest.s3_endpoint_url)
+        except TaskUnavailable as exc:
+            log.warning("evaluate: skipping %s: %s", spec.task, exc)
+            skipped[spec.task] = {"reason": str(exc), "dataset": where}
+            continue
+        prepared.append(task)
+    return prepared, skipped
+
+
+def evaluate_model(name: str, model_dir: Path, tasks: list, ctx: StageContext, detector,
+                   skipped: dict[str, dict[str, str]]) -> tuple[dict[str, Any], list[dict]]:
+    """Every prepared task on the model in `model_dir`: `({task: entry}, prediction rows)`.
+    A task whose scoring fails (references the metric cannot read) joins `skipped`."""
+    from components.evaltasks.harness import generate, max_new_tokens_for, score_task
     from components.model.build import load_model
 
+    cfg = ctx.settings.evaluate
+    if all(t.spec.task in skipped for t in tasks):
+        return {}, []
     model, processor = load_model(model_dir)
-    items = [(data_dir / (r.image or ""), r.question or "") for r in records]
-    return generate_answers(
-        model, processor, items, max_new_tokens=settings.evaluate.max_new_tokens,
-        batch_size=settings.evaluate.batch_size, progress=progress,
-    )
-
-
-def _markdown(comparison: dict[str, dict[str, dict]]) -> str:
-    models = list(comparison)
-    tasks = sorted({t for res in comparison.values() for t in res if not t.startswith("_")})
-    head = "| task | metric | n | chance | " + " | ".join(models) + " |\n"
-    head += "|---" * (4 + len(models)) + "|\n"
-    rows = []
-    for t in tasks:
-        first = next(res[t] for res in comparison.values() if t in res)
-        cells = [f"{comparison[m][t]['score']:.3f}" if t in comparison[m] else "-" for m in models]
-        rows.append(f"| {t} | {first['metric']} | {first['n']} | {first['chance']:.3f} | "
-                    + " | ".join(cells) + " |")
-    return head + "\n".join(rows) + "\n"
-
-
-def _plot(comparison: dict[str, dict[str, dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = sorted({t for res in comparison.values() for t in res if not t.startswith("_")})
-    width = 0.8 / (len(comparison) + 1)
-    fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2, 3.5))
-    for i, (name, res) in enumerate(comparison.items()):
-        ax.bar([x + i * width for x in range(len(tasks))],
-               [res.get(t, {}).get("score", 0.0) for t in tasks], width, label=name)
-    chance = [next(r[t]["chance"] for r in comparison.values() if t in r) for t in tasks]
-    ax.bar([x + len(comparison) * width for x in range(len(tasks))], chance, width,
-           label="chance", color="lightgrey")
-    ax.set_xticks([x + width * len(comparison) / 2 for x in range(len(tasks))], tasks)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("exact match")
-    ax.set_title("Held-out pt-PT tasks")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def run(ctx: StageContext, extra_models: dict[str, Path] | None = None) -> StageOutput:
-    records = read_records(ctx.stage_dir("mix") / "eval.jsonl")
-    models = {CANDIDATE: ctx.stage_dir(CANDIDATE) / "model"}
-    models.update({b: ctx.stage_dir(b) / "model" for b in BASELINES})
-    models.update(extra_models or {})
-
-    comparison: dict[str, dict] = {}
-    prediction_rows: list[dict[str, Any]] = []
-    for name, model_dir in models.items():
-        preds = evaluate_model(model_dir, records, ctx.data_dir, ctx.settings, ctx.progress)
-        comparison[name] = score_predictions(records, preds)
-        comparison[name]["_summary"] = summarise(comparison[name])
-        for rec, pred in zip(records, preds, strict=True):
-            prediction_rows.append({
-                "model": name, "id": rec.id, "task": rec.task_family, "question": rec.question,
-                "answer": rec.answer, "prediction": pred,
-                "correct": bool(exact_match(pred, rec.answer or "")),
+    entries: dict[str, Any] = {}
+    rows: list[dict] = []
+    for task in tasks:
+        spec = task.spec
+        if spec.task in skipped:
+            continue
+        log.info("evaluate: %s on %s (%d samples)", name, spec.task, len(task.samples))
+        raw = generate(model, processor, task,
+                       max_new_tokens=max_new_tokens_for(spec, cfg.max_new_tokens,
+                                                         cfg.max_new_tokens_cap),
+                       batch_size=cfg.batch_size, progress=ctx.progress)
+        try:
+            scored = score_task(task, raw, detector)
+        except ValueError as exc:
+            skipped[spec.task] = {"reason": f"scoring failed: {exc}", "dataset": task.location}
+            continue
+        entries[spec.task] = scored.result
+        for i, sample in enumerate(task.samples):
+            score = scored.item_scores[i]
+            rows.append({
+                "model": name, "task": spec.task, "id": sample.id, "question": sample.prompt,
+                "answer": sample.answers[0],
+                "answers": sample.answers if len(sample.answers) > 1 else None,
+                "prediction": scored.predictions[i],
+                "raw": raw[i] if raw[i] != scored.predictions[i] else None,
+                "score": score, "correct": score is not None and score >= 1.0 - 1e-9,
+                "dialect": scored.labels[i] if scored.labels else None,
             })
+    del model
+    return entries, rows
 
-    results = comparison[CANDIDATE]
-    out = ctx.out_dir
-    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False))
-    (out / "comparison.json").write_text(json.dumps(comparison, indent=2, ensure_ascii=False))
-    write_records(out / "predictions.jsonl", prediction_rows)
-    (out / "results.md").write_text(_markdown(comparison))
-    _plot(comparison, out / "results.png")
 
+def _dialect(comparison: dict[str, dict], rows: list[dict]) -> dict[str, dict]:
+    from components.evaltasks.harness import shares_of
+
+    out: dict[str, dict] = {}
+    for name, res in comparison.items():
+        out[name] = {t: r["dialect"] for t, r in res.items()
+                     if not t.startswith("_") and "dialect" in r}
+        out[name]["_all"] = shares_of([r["dialect"] for r in rows
+                                       if r["model"] == name and r["dialect"]])
+    return out
+
+
+def _metrics(comparison: dict[str, dict], dialect: dict[str, dict],
+             skipped: dict) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for name, res in comparison.items():
         for task, r in res.items():
-            if not task.startswith("_"):
-                metrics[f"{name}.{task}"] = r["score"]
+            if task.startswith("_"):
+                continue
+            metrics[f"{name}.{task}"] = r["score"]
+            for metric, value in r.get("metrics", {}).items():
+                if metric != r["metric"]:
+                    metrics[f"{name}.{task}.{metric}"] = value
         for key, value in res["_summary"].items():
             metrics[f"{name}.{key}"] = value
-    metrics["mean_score"] = results["_summary"]["mean_score"]
-    metrics["min_score_over_chance"] = results["_summary"]["min_score_over_chance"]
+        for task, shares in dialect[name].items():
+            prefix = f"{name}.dialect_" if task == "_all" else f"{name}.dialect.{task}."
+            metrics[f"{prefix}pt_PT"] = shares["pt_PT"]
+            metrics[f"{prefix}pt_BR"] = shares["pt_BR"]
+    cand = comparison[CANDIDATE]
+    metrics["mean_score"] = cand["_summary"]["mean_score"]
+    metrics["min_score_over_chance"] = cand["_summary"]["min_score_over_chance"]
+    metrics["dialect_pt_PT"] = dialect[CANDIDATE]["_all"]["pt_PT"]
+    metrics["dialect_pt_BR"] = dialect[CANDIDATE]["_all"]["pt_BR"]
+    metrics["tasks_skipped"] = float(len(skipped))
+    return metrics
+
+
+def _dump(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def run(ctx: StageContext, extra_models: dict[str, Path] | None = None) -> StageOutput:
+    """The `evaluate` stage (see the module docstring)."""
+    from components.evaltasks import report
+    from components.variety import make_detector
+
+    cfg = ctx.settings.evaluate
+    out = ctx.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    tasks, skipped = prepare_suite(ctx)
+
+    models: dict[str, Path] = {CANDIDATE: ctx.stage_dir(CANDIDATE) / "model"}
+    models.update({b: ctx.stage_dir(b) / "model" for b in BASELINES})
+    models.update(extra_models or {})
+    champion_dir, champion = (None, {"status": "given", "note": "passed in by the caller."}) \
+        if CHAMPION in models else find_champion(ctx.settings)
+    if champion_dir is not None:
+        models[CHAMPION] = champion_dir
+
+    detector = make_detector(cfg.dialect_detector)
+    comparison: dict[str, dict] = {}
+    rows: list[dict] = []
+    for name, model_dir in models.items():
+        entries, model_rows = evaluate_model(name, Path(model_dir), tasks, ctx, detector,
+                                             skipped)
+        comparison[name] = entries
+        rows += model_rows
+    for res in comparison.values():  # a task skipped while scoring leaves every model
+        for task in [t for t in res if t in skipped]:
+            del res[task]
+        res["_summary"] = summarise(res)
+    rows = [r for r in rows if r["task"] not in skipped]
+
+    results = {t: {k: r[k] for k in RESULT_KEYS} for t, r in comparison[CANDIDATE].items()
+               if not t.startswith("_")}
+    results["_summary"] = comparison[CANDIDATE]["_summary"]
+    results["_skipped"] = skipped
+    dialect = _dialect(comparison, rows)
+
+    _dump(out / "results.json", results)
+    _dump(out / "comparison.json", {**comparison, "_meta": {
+        "candidate": CANDIDATE, "baselines": [m for m in models if m != CANDIDATE],
+        "tasks": [t.spec.task for t in tasks if t.spec.task not in skipped],
+        "champion": champion, "skipped": skipped}})
+    _dump(out / "dialect.json", dialect)
+    _dump(out / "table.json", report.table_rows(comparison))
+    write_records(out / "predictions.jsonl",
+                  ({k: v for k, v in r.items() if v is not None} for r in rows))
+    (out / "results.md").write_text(
+        report.markdown(comparison, skipped=skipped, champion=champion, candidate=CANDIDATE),
+        encoding="utf-8")
+    report.plot(comparison, out / "results.png")
+    if not cfg.keep_cache:
+        shutil.rmtree(out / CACHE, ignore_errors=True)
+
     return StageOutput(
-        counts={"samples": len(records), "models": len(models)},
-        metrics=metrics,
-        params={"candidate": CANDIDATE, "baselines": list(BASELINES) + list(extra_models or {})},
-        artifacts=["results.json", "comparison.json", "results.md", "results.png",
-                   "predictions.jsonl"],
+        counts={"samples": sum(len(t.samples) for t in tasks if t.spec.task not in skipped),
+                "models": len(models), "tasks": len(results) - 2,
+                "tasks_skipped": len(skipped)},
+        metrics=_metrics(comparison, dialect, skipped),
+        params={"candidate": CANDIDATE, "baselines": [m for m in models if m != CANDIDATE],
+                "tasks": list(cfg.tasks), "skipped": sorted(skipped),
+                "champion": champion.get("version") or champion["status"]},
+        artifacts=["results.json", "comparison.json", "dialect.json", "table.json",
+                   "results.md", "results.png", "predictions.jsonl"],
+        extra={"skipped": skipped, "champion": champion},
     )

@@ -141,10 +141,26 @@ def resolve_model_dir(ref: str | Path) -> Path:
             f"cannot resolve {text}: {str(exc).splitlines()[0]}",
             "run: amalia-vl retrain  (it registers amalia-vl@challenger)",
         ) from None
-    for candidate in (local / "artifacts" / HF_ARTIFACT, local / HF_ARTIFACT, local):
-        if (candidate / "config.json").exists():
-            return candidate
-    raise AmaliaError(f"{text} holds no save_pretrained folder")
+    folder = _hf_folder_of(local)
+    if folder is None:
+        raise AmaliaError(f"{text} holds no save_pretrained folder")
+    return folder
+
+
+def _hf_folder_of(local: Path) -> Path | None:
+    """The save_pretrained folder inside a downloaded model: for our pyfunc models the
+    MLmodel records it (`python_function.artifacts.hf_model.path`; MLflow 3 stores it under
+    the source folder's name); a bare downloaded folder is accepted as is."""
+    import yaml
+
+    mlmodel = local / "MLmodel"
+    if mlmodel.exists():
+        meta = yaml.safe_load(mlmodel.read_text()) or {}
+        artifacts = meta.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+        rel = artifacts.get(HF_ARTIFACT, {}).get("path")
+        if rel and (local / rel / "config.json").exists():
+            return local / rel
+    return local if (local / "config.json").exists() else None
 
 
 def alias_version(model_name: str, alias: str) -> Any | None:

@@ -28,13 +28,66 @@ class _Section(BaseModel):
 
 
 class ValidateSettings(_Section):
+    """Record checks, image bounds, deduplication and the quarantine gate (issue #3)."""
+
     max_quarantine_ratio: float = Field(0.2, ge=0.0, le=1.0)
     min_image_side: int = Field(8, ge=1)
+    max_image_side: int = Field(16384, ge=1, description="pixels; larger is image_too_large")
     max_aspect_ratio: float = Field(20.0, ge=1.0)
     max_text_chars: int = Field(2000, ge=1)
+    # Language: records declared pt* must read as Portuguese (py3langid, restricted to
+    # `language_candidates` so that Galician does not win on short pt-PT sentences).
+    language_check: bool = True
+    language_min_chars: int = Field(24, ge=1, description="letters needed to judge a text")
+    language_min_pt_prob: float = Field(
+        0.2, ge=0.0, le=1.0,
+        description="quarantine when P(pt) over the candidates is lower (short pt-PT "
+                    "sentences can score 0.35 with Spanish first; Spanish scores ~0)")
+    language_candidates: list[str] = ["pt", "en", "es", "fr", "it", "de", "ca", "nl", "ro"]
+    # Near-duplicates of evaluation images (64-bit pHash, Hamming distance). The evaluation
+    # set is every `split: test` image of the inputs plus `eval_images` (folders, files or
+    # s3:// prefixes of benchmark images). null disables the check.
+    near_dup_max_distance: int | None = Field(4, ge=0, le=64)
+    eval_images: list[str] = []
+    # Sources whose own train/test images are drawn pixel-distinct from shared templates
+    # (the synthetic embedded data): among them only exact duplicates count, since their
+    # perceptual hashes are close by design.
+    exact_only_sources: list[str] = ["native", "seed_en"]
+    # Kept records in these languages also go to `seed_en.jsonl`, the translate stage's queue,
+    # and mix takes their translations instead of them.
+    translate_languages: list[str] = ["en"]
+    # Streaming and parallelism: records per worker task, worker processes (0 = in this
+    # process; the pool starts only once a second chunk exists), start method.
+    chunk_size: int = Field(256, ge=1)
+    workers: int = Field(2, ge=0)
+    # auto: fork in a single-threaded process (the CLI, DVC), else forkserver (a clean,
+    # preloaded server: safe beside the threads of Prefect, MLflow or a test server)
+    start_method: Literal["auto", "fork", "forkserver", "spawn"] = "auto"
+    embed_images: bool = Field(True, description="kept image bytes go into validated/ shards")
+    shard_rows: int = Field(50_000, ge=1)
+    shard_bytes: int = Field(512 << 20, ge=1 << 20)
+    gx_batch_rows: int = Field(20_000, ge=1, description="kept rows per GX validation batch "
+                               "and kind (~1 KB of memory each)")
+
+
+class IngestSettings(_Section):
+    """Inputs of `validate` beyond the embedded data (`amalia-vl stage validate --input`).
+
+    Each input is `[FORMAT:]LOCATION[?key=value&...]`: LOCATION a local path, an `s3://` URI
+    or `hf://<hub id or local path>`; FORMAT one of `jsonl`, `llava`, `hf`, `parquet`,
+    `arrow`, `images` (auto-detected when left out); keys `source`, `language`, `split`,
+    `task_family`, `image_root`, `box_format` (`xyxy` | `xywh` | `xyxy_norm`) fill what the
+    rows lack. Empty = the embedded `data_dir/native` and `data_dir/seed_en`.
+    """
+
+    inputs: list[str] = []
+    hf_split: str = "train"
+    s3_endpoint_url: str | None = None  # else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
 
 
 class TranslateSettings(_Section):
+    """EN -> pt-PT translation (components/translation): backend, cache, quality filter."""
+
     backend: Literal["memory", "hf_seq2seq", "hf_llm"] = "memory"
     memory_path: str = "seed_en/translation_memory.jsonl"  # relative to data_dir
     model_id: str | None = None
@@ -42,14 +95,52 @@ class TranslateSettings(_Section):
     target_lang: str = "pt-PT"
     min_length_ratio: float = 0.5
     max_length_ratio: float = 2.5
+    # backends
+    prompt_template: str | None = Field(
+        None, description="hf_llm prompt with {text} (and optional {source_name}); "
+                          "null = the built-in pt-PT prompt")
+    batch_records: int = Field(256, ge=1, description="records per batch (cache commit unit)")
+    batch_size: int = Field(16, ge=1, description="texts per generate() call")
+    max_new_tokens: int = Field(256, ge=1)
+    max_source_tokens: int = Field(512, ge=8, description="seq2seq input truncation")
+    protect_structure: bool = True  # mask <image>, numbers, option letters, code, boxes
+    decimal_comma: bool = True  # restore protected 12.40 as 12,40
+    # cache (relative to the working directory; null disables it)
+    cache_dir: str | None = ".cache/translation"
+    seed_cache_from_memory: bool = True  # model backends reuse the memory's pairs
+    # quality filter
+    copy_min_words: int = Field(2, ge=1)
+    language_check: bool = True
+    langid_min_chars: int = Field(20, ge=1)
+    langid_min_prob: float = Field(0.05, ge=0.0, le=1.0)
+    variety_check: bool = True
+    variety_detector: str = "cues"
+    normalise_br: bool = False
+    max_quarantine_ratio: float | None = Field(None, ge=0.0, le=1.0,
+                                               description="null = validate's")
+    # scale-out (flows/translate.py only; the stage itself is single-process)
+    shards: int = Field(1, ge=1)
 
 
 class MixSettings(_Section):
-    """Per training stage, a sampling weight per source family (`native`, `seed`)."""
+    """Per training stage, a sampling weight per source and per task family.
+
+    `align` / `sft` / `dpo` map a source to a weight: the exact source name, else its family
+    (`seed` for `seed_*`), else `"*"`. `task_weights[stage]` multiplies by a weight per task
+    family (unlisted families: 1.0). `kinds[stage]` says which record kinds feed each stage.
+    """
 
     align: dict[str, float] = Field(default_factory=lambda: {"native": 1.0, "seed": 1.0})
     sft: dict[str, float] = Field(default_factory=lambda: {"native": 1.0, "seed": 1.0})
     dpo: dict[str, float] = Field(default_factory=lambda: {"native": 1.0, "seed": 1.0})
+    task_weights: dict[str, dict[str, float]] = Field(default_factory=dict)
+    kinds: dict[str, list[str]] = Field(default_factory=lambda: {
+        "align": ["caption"],
+        "sft": ["qa", "multiple_choice", "conversation", "grounding"],
+        "dpo": ["preference"],
+    })
+    eval_sources: list[str] = ["native"]
+    shard_rows: int = Field(50_000, ge=1)
 
 
 class VisionTowerSettings(_Section):
@@ -105,8 +196,25 @@ class TrainSettings(_Section):
 
 
 class EvaluateSettings(_Section):
-    max_new_tokens: int = 8
-    batch_size: int = 32
+    """The evaluation suite (issue #5): which task YAMLs run, where their data is, budgets.
+
+    `tasks` names tasks or groups of `components/evaltasks/tasks/` (and of `task_dirs`);
+    default: the five embedded held-out families. `datasets` overrides a task's dataset
+    location (hub id, local parquet/JSON file or folder, `s3://` URI). A task whose dataset
+    cannot be reached is reported as skipped, with the reason, not an error.
+    """
+
+    max_new_tokens: int = Field(8, ge=1, description="`ask`, and tasks that set none")
+    batch_size: int = Field(32, ge=1)
+    tasks: list[str] = ["count", "colour", "position", "chart", "document"]
+    task_dirs: list[str] = []
+    datasets: dict[str, str] = {}
+    limit: int | None = Field(None, ge=1, description="samples per task (smoke runs)")
+    max_new_tokens_cap: int | None = Field(None, ge=1, description="caps every task's budget")
+    champion_alias: str | None = Field("champion", description="null: no champion comparison")
+    dialect_detector: str = "cues"
+    keep_cache: bool = Field(False, description="keep decoded images and S3 downloads "
+                                                "(evaluate/_cache/) after the stage")
 
 
 class RegisterSettings(_Section):
@@ -130,6 +238,7 @@ class Settings(_Section):
     data_dir: Path = Path("data")
     runs_dir: Path = Path("runs")
     validate_: ValidateSettings = Field(ValidateSettings(), alias="validate")
+    ingest: IngestSettings = IngestSettings()
     translate: TranslateSettings = TranslateSettings()
     mix: MixSettings = MixSettings()
     model: ModelSettings = ModelSettings()

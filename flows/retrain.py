@@ -12,11 +12,13 @@ set) or deploy it to a work pool (see README "Scale out").
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from components.manifest import new_run_dir
 from components.pipeline import run_tracked_stage, stages_from
@@ -73,6 +75,12 @@ def retrain_flow(
                 key="amalia-vl-evaluation",
                 markdown=f"# AMALIA-VL evaluation ({run_path.name})\n\n{results_md.read_text()}",
                 description="Held-out pt-PT task scores: candidate vs previous stage",
+            )
+        table = run_path / "evaluate" / "table.json"
+        if table.exists():
+            create_table_artifact(
+                key="amalia-vl-evaluation-table", table=json.loads(table.read_text()),
+                description="Per-task scores: dpo, sft, champion; dialect shares",
             )
     registration = manifests.get("register", {}).get("registration")
     return {

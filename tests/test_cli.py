@@ -94,3 +94,15 @@ def test_variety_reads_stdin_writes_json_lines():
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["label"] for r in rows] == ["pt-PT", "pt-BR", "unknown"]
     assert rows[0]["score"] > 0.5 > rows[1]["score"]
+
+
+def test_eval_tasks_list_show_export(tmp_path):
+    listing = cli("eval-tasks", "list").stdout
+    for name in ("count", "chartqa_pt", "docvqa_val_pt", "portexto", "caravela_mcq"):
+        assert name in listing
+    shown = cli("eval-tasks", "show", "chartqa_pt")
+    assert shown.returncode == 0 and "chartqa_pt" in shown.stdout
+    out = tmp_path / "lmms"
+    proc = cli("eval-tasks", "export-lmms", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "chartqa_pt.yaml").exists() and (out / "utils.py").exists()

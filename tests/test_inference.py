@@ -1,0 +1,103 @@
+"""Inference: any image of any size or mode goes through tiling; batched (left-padded)
+generation equals one-by-one; unreadable images fail with one clear line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.errors import AmaliaError
+from components.inference import ask, generate_answers
+from components.model.build import build_tiny_model, save_model
+from components.settings import load_settings
+from components.train.data import load_image
+
+QUESTION = "Quantas formas há na imagem?"
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return load_settings("tiny")
+
+
+@pytest.fixture(scope="module")
+def model_and_processor(settings):
+    model, processor = build_tiny_model(settings, [QUESTION, "3", "vermelho", "à esquerda"] * 4)
+    return model.eval(), processor
+
+
+def _odd_images(root):
+    """Every awkward kind of photo a user might upload."""
+    rng = np.random.default_rng(0)
+    specs = {
+        "rgba.png": Image.fromarray(rng.integers(0, 255, (40, 70, 4), dtype=np.uint8), "RGBA"),
+        "grey.png": Image.fromarray(rng.integers(0, 255, (50, 30), dtype=np.uint8), "L"),
+        "palette.png": Image.new("RGB", (33, 65), (10, 200, 30)).convert("P"),
+        "grey16.png": Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)),
+        "one.png": Image.new("RGB", (1, 1), (255, 0, 0)),
+        "big.jpg": Image.new("RGB", (4000, 3000), (120, 90, 60)),
+        "tall.png": Image.new("RGB", (17, 300), (0, 0, 255)),
+        "wide.png": Image.new("RGB", (3000, 20), (0, 255, 0)),
+        "cmyk.jpg": Image.new("CMYK", (64, 48), (0, 50, 100, 0)),
+        "bw.png": Image.new("1", (31, 29), 1),
+    }
+    paths = []
+    for name, image in specs.items():
+        path = root / name
+        image.save(path)
+        paths.append(path)
+    return paths
+
+
+def test_any_image_goes_through(tmp_path, model_and_processor):
+    model, processor = model_and_processor
+    paths = _odd_images(tmp_path)
+    for path in paths:
+        image = load_image(path)
+        assert image.mode == "RGB" and min(image.size) >= 1
+    items = [(p, QUESTION) for p in paths]
+    batched = generate_answers(model, processor, items, max_new_tokens=4, batch_size=4)
+    assert len(batched) == len(items) and all(isinstance(a, str) for a in batched)
+    assert all(a == a.strip() for a in batched)
+    one_by_one = generate_answers(model, processor, items, max_new_tokens=4, batch_size=1)
+    assert batched == one_by_one  # left padding does not change greedy answers
+
+
+def test_sixteen_bit_images_are_not_washed_out(tmp_path):
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    Image.fromarray(ramp).save(tmp_path / "ramp.png")
+    pixels = np.asarray(load_image(tmp_path / "ramp.png"))
+    assert pixels.min() == 0 and pixels.max() == 255
+
+
+def test_huge_images_are_shrunk_on_load(tmp_path):
+    Image.new("RGB", (5000, 100)).save(tmp_path / "huge.png")
+    assert load_image(tmp_path / "huge.png").size == (2048, 41)
+
+
+def test_unreadable_image_is_one_clear_error(tmp_path, model_and_processor):
+    model, processor = model_and_processor
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    with pytest.raises(AmaliaError, match=f"cannot read image {broken}: "):
+        generate_answers(model, processor, [(broken, QUESTION)], 4, 1)
+    with pytest.raises(AmaliaError, match="cannot read image .*missing.png"):
+        load_image(tmp_path / "missing.png")
+    truncated = tmp_path / "truncated.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "ok.png")
+    truncated.write_bytes((tmp_path / "ok.png").read_bytes()[:60])
+    with pytest.raises(AmaliaError, match="cannot read image"):
+        load_image(truncated)
+
+
+def test_ask_from_a_saved_folder(tmp_path, model_and_processor, settings):
+    model, processor = model_and_processor
+    folder = save_model(model, processor, tmp_path / "model")
+    Image.new("RGBA", (80, 50), (255, 0, 0, 128)).save(tmp_path / "q.png")
+    answer = ask(str(folder), tmp_path / "q.png", QUESTION, settings)
+    assert isinstance(answer, str)
+    assert answer == generate_answers(model, processor, [(tmp_path / "q.png", QUESTION)],
+                                      settings.evaluate.max_new_tokens, 1)[0]
+    with pytest.raises(AmaliaError, match="cannot read image"):
+        ask(folder, tmp_path / "nope.png", QUESTION, settings)
