@@ -117,6 +117,11 @@ def stage(
         None, help="run directory holding earlier stages' outputs (default: new under runs/)"),
     profile: str | None = ProfileOpt,
     progress: bool = ProgressOpt,
+    inputs: list[str] | None = typer.Option(
+        None, "--input", help="validate only: data to ingest instead of data/ (repeatable): "
+        "[FORMAT:]PATH | s3://bucket/key | hf://ID_OR_PATH, optionally "
+        "?source=..&language=..&split=..&task_family=..; formats: llava, jsonl, hf, parquet, "
+        "imagefolder (auto-detected)"),
 ) -> None:
     try:
         from components.pipeline import run_tracked_stage
@@ -124,7 +129,10 @@ def stage(
         from components.stages import check_prerequisites, get_spec
 
         get_spec(name)
-        settings = load_settings(profile)
+        if inputs and name != "validate":
+            raise AmaliaError("--input applies to the validate stage only")
+        settings = load_settings(profile,
+                                 overrides={"ingest": {"inputs": inputs}} if inputs else None)
         target = _run_dir(run_dir, settings)
         check_prerequisites(name, target, settings)  # fail before MLflow opens a run
         manifest = run_tracked_stage(name, settings, target, progress=progress)

@@ -92,19 +92,38 @@ def weighted(records: list[Record], weight: float, rng: random.Random) -> list[R
 
 
 def stage_mix(name: str, pool: list[Record], settings: Settings) -> list[Record]:
-    """The shuffled training mix of one stage (see the module docstring)."""
+    """The shuffled training mix of one stage (see the module docstring).
+
+    Records are taken family by family (`source_family`, sorted), in pool order. A family
+    whose records all weigh the same is sampled as one group (so the default config gives
+    the very mix of earlier versions); otherwise each (source, task family) group is sampled
+    on its own.
+    """
     weights: dict[str, float] = getattr(settings.mix, name)
     task_weights = settings.mix.task_weights.get(name, {})
     kinds = set(settings.mix.kinds.get(name, []))
-    groups: dict[tuple[str, str], list[Record]] = {}
+    families: dict[str, list[Record]] = {}
     for rec in pool:
         if rec.kind in kinds and rec.split == "train":
-            groups.setdefault((rec.source, rec.task_family), []).append(rec)
+            families.setdefault(source_family(rec.source), []).append(rec)
+
+    def weight(rec: Record) -> float:
+        return source_weight(weights, name, rec.source) * task_weights.get(rec.task_family, 1.0)
+
     rows: list[Record] = []
-    for source, family in sorted(groups):
-        w = source_weight(weights, name, source) * task_weights.get(family, 1.0)
-        rng = derived_rng(settings.seed, "mix", name, source, family)
-        rows += weighted(groups[(source, family)], w, rng)
+    for family in sorted(families):
+        records = families[family]
+        distinct = {weight(r) for r in records}
+        if len(distinct) == 1:
+            rows += weighted(records, distinct.pop(),
+                             derived_rng(settings.seed, "mix", name, family))
+            continue
+        groups: dict[tuple[str, str], list[Record]] = {}
+        for rec in records:
+            groups.setdefault((rec.source, rec.task_family), []).append(rec)
+        for source, task in sorted(groups):
+            rng = derived_rng(settings.seed, "mix", name, source, task)
+            rows += weighted(groups[(source, task)], weight(groups[(source, task)][0]), rng)
     derived_rng(settings.seed, "mix", name, "shuffle").shuffle(rows)
     return rows
 

@@ -113,7 +113,7 @@ def get_spec(name: str) -> StageSpec:
 def check_prerequisites(name: str, run_dir: Path, settings: Settings) -> dict[str, str]:
     """Raise `MissingInputError` unless inputs exist; returns `{stage: outputs_digest}`."""
     spec = get_spec(name)
-    if name == "validate" and not Path(settings.data_dir).is_dir():
+    if name == "validate" and not settings.ingest.inputs and not Path(settings.data_dir).is_dir():
         raise MissingInputError(
             f"data directory '{settings.data_dir}' not found",
             "run: dvc pull data.dvc  (or regenerate it: amalia-vl data generate)",

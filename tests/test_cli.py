@@ -106,3 +106,25 @@ def test_eval_tasks_list_show_export(tmp_path):
     proc = cli("eval-tasks", "export-lmms", str(out))
     assert proc.returncode == 0, proc.stderr
     assert (out / "chartqa_pt.yaml").exists() and (out / "utils.py").exists()
+
+
+def test_validate_input_llava_json_quarantines_and_gates(tmp_path):
+    import json
+
+    from PIL import Image
+
+    Image.new("RGBA", (64, 40), (255, 0, 0, 128)).save(tmp_path / "x.png")
+    turns = [{"from": "human", "value": "<image>\nQue cor tem o quadrado?"},
+             {"from": "gpt", "value": "O quadrado é vermelho."}]
+    (tmp_path / "llava.json").write_text(json.dumps([
+        {"id": "a1", "image": "x.png", "conversations": turns},
+        {"id": "a2", "image": "missing.png", "conversations": turns},
+    ]))
+    run_dir = tmp_path / "run"
+    proc = cli("stage", "validate", "--no-progress", "--run-dir", str(run_dir), "--input",
+               f"llava:{tmp_path / 'llava.json'}?source=t&language=pt-PT")
+    assert_one_line_error(proc, "max_quarantine_ratio", "quarantine.jsonl")
+    report = json.loads((run_dir / "validate" / "report.json").read_text())
+    assert (report["total"], report["kept"], report["quarantined"]) == (2, 1, 1)
+    assert report["by_reason"] == {"image_missing": 1}
+    assert "--input applies" in cli("stage", "mix", "--input", "x").stderr
