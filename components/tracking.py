@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,8 +29,12 @@ def tracking_uri() -> str:
 
 def configure(experiment: str) -> str:
     """Point MLflow at the store and experiment; returns the experiment id."""
+    import logging
+
     import mlflow
 
+    # MLflow's INFO lines (table migrations, experiment creation) drown the stage output.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri())
     exp = mlflow.set_experiment(experiment)
     return exp.experiment_id
@@ -53,7 +58,9 @@ def _log_data_input(mlflow: Any) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    source = resolve_dataset_source(str(Path(info["path"]).resolve()))
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways": both local
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(Path(info["path"]).resolve()))
     dataset = MetaDataset(source=source, name=f"dvc:{info['path']}", digest=info["md5"][:36])
     mlflow.log_input(dataset, context="raw-data", tags={"dvc_md5": info["md5"]})
     mlflow.set_tag("dvc.data_md5", info["md5"])

@@ -17,8 +17,10 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-    text = " ".join(proc.stderr.split())
-    assert text.startswith("error:"), proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    text = lines[-1]  # the error is the last line, unwrapped; library logs may precede it
+    assert text.startswith("error:") and sum(ln.startswith("error:") for ln in lines) == 1, \
+        proc.stderr
     for needle in needles:
         assert needle in text, (needle, proc.stderr)
 
