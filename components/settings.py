@@ -193,6 +193,8 @@ class TrainSettings(_Section):
     learning_rate: float = Field(1e-3, gt=0)
     trainable: list[TrainablePart] = ["connector"]
     beta: float = Field(0.1, gt=0, description="DPO temperature (dpo stage only)")
+    rpo_alpha: float = Field(0.0, ge=0, description="dpo only: weight of the chosen-answer NLL "
+                             "added to the DPO loss (RPO); 0 = pure DPO")
 
 
 class EvaluateSettings(_Section):

@@ -11,6 +11,8 @@ from torch import nn
 from components.train.data import IGNORE_INDEX
 from components.train.dpo import (
     DPOLoss,
+    answer_lengths,
+    chosen_nll,
     dpo_loss,
     make_reference,
     pair_logps,
@@ -121,3 +123,21 @@ def test_reference_is_a_frozen_copy_and_margin_rises_under_training():
     assert float(loss_fn(policy, batch).detach()) < first
     for old, new in zip(ref_before, pair_logps(ref, batch), strict=True):
         torch.testing.assert_close(old, new)  # the reference did not move
+
+
+def test_nll_term_adds_the_chosen_answers_per_token_nll():
+    torch.manual_seed(2)
+    policy = _TinyLM()
+    ref = make_reference(policy)
+    batch = _pref_batch()
+    with torch.no_grad():
+        pure = float(DPOLoss(ref, beta=0.1)(policy, batch))
+        mixed = float(DPOLoss(ref, beta=0.1, nll_weight=0.5)(policy, batch))
+        logits = policy(batch["input_ids"]).logits
+    # reference: chosen rows are the first half; per-token NLL over their scored tokens
+    chosen = _reference_sequence_logps(logits[:2], batch["labels"][:2])
+    lengths = answer_lengths(batch["labels"][:2]).tolist()
+    assert lengths == [2, 1]
+    nll = sum(-lp / n for lp, n in zip(chosen, lengths, strict=True)) / 2
+    assert mixed == pytest.approx(pure + 0.5 * nll, rel=1e-5)
+    assert float(chosen_nll(torch.tensor(chosen), torch.tensor(lengths))) == pytest.approx(nll)

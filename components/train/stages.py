@@ -49,6 +49,9 @@ from components.train.loop import TrainHistory, train_loop
 
 log = logging.getLogger(__name__)
 MAX_DATA_SIZES_CHECKED = 64
+# weight of the chosen-answer NLL added to the DPO loss (see components/train/dpo.py): pure
+# DPO (0.0) made the tiny model stop ending its answers on held-out questions
+DPO_NLL_WEIGHT = 1.0
 
 
 def mix_texts(mix_dir: Path) -> list[str]:
@@ -115,7 +118,8 @@ def plot_losses(losses: list[float], path: Path, title: str) -> None:
 def _finish(ctx: StageContext, train: TrainSettings, history: TrainHistory,
             counts_by_part: dict[str, int], train_samples: int,
             extra_metrics: dict[str, float] | None = None,
-            extra_counts: dict[str, int] | None = None) -> StageOutput:
+            extra_counts: dict[str, int] | None = None,
+            extra_params: dict[str, Any] | None = None) -> StageOutput:
     out = ctx.out_dir
     first, last, window = _window_means(history.losses)
     runtime = detect_runtime().describe()
@@ -149,6 +153,7 @@ def _finish(ctx: StageContext, train: TrainSettings, history: TrainHistory,
             "batch_size": train.batch_size,
             "trainable_params": sum(counts_by_part.values()),
             "runtime": runtime,
+            **(extra_params or {}),
         },
         artifacts=["metrics.json", "loss.png"],
         model_dir="model",
@@ -209,6 +214,8 @@ def run_dpo(ctx: StageContext) -> StageOutput:
     examples = [e for pair in [*train_set.pairs, *eval_set.pairs] for e in pair]
     check_image_token_agreement(processor, model, [*PROBE_SIZES, *_data_sizes(examples)])
 
+    # params.yaml `dpo.rpo_alpha` once the settings schema has it, else the measured default
+    nll_weight = float(getattr(train, "rpo_alpha", DPO_NLL_WEIGHT))
     counts = set_trainable(model, train.trainable)
     reference = make_reference(model)
     eval_loader = _loader(eval_set, train.batch_size, pad, s.seed, shuffle=False,
@@ -217,7 +224,7 @@ def run_dpo(ctx: StageContext) -> StageOutput:
     loader = _loader(train_set, train.batch_size, pad, s.seed, shuffle=True, preference=True)
     history = train_loop(
         model, trainable_parameters(model), loader, train, seed=s.seed,
-        loss_fn=DPOLoss(reference, train.beta),
+        loss_fn=DPOLoss(reference, train.beta, nll_weight=nll_weight),
         batch_size_of=lambda b: int(b["input_ids"].shape[0]) // 2,
         log_metrics=ctx.log_metrics, progress=ctx.progress, description=ctx.name,
     )
@@ -232,4 +239,5 @@ def run_dpo(ctx: StageContext) -> StageOutput:
     }
     ctx.log_metrics(extra, history.steps)
     return _finish(ctx, train, history, counts, len(train_set), extra_metrics=extra,
-                   extra_counts={"eval_pairs": len(eval_set)})
+                   extra_counts={"eval_pairs": len(eval_set)},
+                   extra_params={"beta": train.beta, "nll_weight": nll_weight})
