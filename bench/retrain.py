@@ -34,13 +34,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--run-dir", type=Path, default=None)
+    ap.add_argument("--summarise-only", action="store_true",
+                    help="only summarise an existing --run-dir (wall time = sum of stages)")
     args = ap.parse_args()
     run_dir = args.run_dir or REPO / "runs" / f"bench-{args.profile}-{int(time.time())}"
 
-    t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "amalia_vl", "retrain", "--profile", args.profile,
-                    "--run-dir", str(run_dir), "--no-progress"], check=True, cwd=REPO)
-    wall = time.perf_counter() - t0
+    wall = None
+    if not args.summarise_only:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "amalia_vl", "retrain", "--profile", args.profile,
+                        "--run-dir", str(run_dir), "--no-progress"], check=True, cwd=REPO)
+        wall = time.perf_counter() - t0
 
     manifests = {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/manifest.json")}
     comparison = json.loads((run_dir / "evaluate" / "comparison.json").read_text())
@@ -48,14 +52,14 @@ def main() -> None:
         model: {t: {"score": r["score"], "chance": r["chance"],
                     "x_chance": r["score"] / r["chance"] if r["chance"] else None}
                 for t, r in res.items() if not t.startswith("_")}
-        for model, res in comparison.items()
+        for model, res in comparison.items() if not model.startswith("_")
     }
     dpo = manifests["dpo"]["metrics"]
     result = {
         "command": f"python bench/retrain.py --profile {args.profile}",
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "wall_seconds": round(wall, 1),
+        "wall_seconds": round(wall, 1) if wall is not None else None,
         "stage_seconds": {k: round(stage_seconds(m), 1) for k, m in manifests.items()},
         "train_samples_per_s": {k: manifests[k]["metrics"].get("samples_per_s")
                                 for k in ("align", "sft", "dpo")},

@@ -79,10 +79,10 @@ def _cached_model(directory: str) -> tuple[Any, Any]:
     return load_model(Path(directory))
 
 
-def ask(model_ref: str | Path, image_path: Path, question: str, settings) -> str:
+def ask(model_ref: str | Path, image_path: Path, question: str, max_new_tokens: int = 32) -> str:
     """One greedy answer from the save_pretrained folder `model_ref` (loaded once per
     process). Reads the image first, so a bad path fails before the model loads."""
     load_image(image_path)
     model, processor = _cached_model(str(Path(model_ref).resolve()))
     return generate_answers(model, processor, [(Path(image_path), question)],
-                            max_new_tokens=settings.evaluate.max_new_tokens, batch_size=1)[0]
+                            max_new_tokens=max_new_tokens, batch_size=1)[0]

@@ -947,7 +947,7 @@ def validate_stream(settings: Settings, out: Path, progress: bool = False,
                           endpoint=settings.ingest.s3_endpoint_url)
     config.eval_index = build_eval_index(settings, config)
     out.mkdir(parents=True, exist_ok=True)
-    sinks = Sinks(out, settings, GxRunner(settings, out / "gx_docs") if with_gx else None)
+    sinks = Sinks(out, settings, GxRunner(settings, (out / "gx_docs").resolve()) if with_gx else None)
     tally = Tally()
     seen_ids: set[int] = set()
     seen_records: set[int] = set()

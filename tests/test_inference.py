@@ -95,9 +95,9 @@ def test_ask_from_a_saved_folder(tmp_path, model_and_processor, settings):
     model, processor = model_and_processor
     folder = save_model(model, processor, tmp_path / "model")
     Image.new("RGBA", (80, 50), (255, 0, 0, 128)).save(tmp_path / "q.png")
-    answer = ask(str(folder), tmp_path / "q.png", QUESTION, settings)
+    answer = ask(str(folder), tmp_path / "q.png", QUESTION, settings.evaluate.max_new_tokens)
     assert isinstance(answer, str)
     assert answer == generate_answers(model, processor, [(tmp_path / "q.png", QUESTION)],
                                       settings.evaluate.max_new_tokens, 1)[0]
     with pytest.raises(AmaliaError, match="cannot read image"):
-        ask(folder, tmp_path / "nope.png", QUESTION, settings)
+        ask(folder, tmp_path / "nope.png", QUESTION)
