@@ -4,12 +4,13 @@ Defaults: the tracking store is `sqlite:///mlflow.db` in the working directory u
 `MLFLOW_TRACKING_URI` is set (e.g. a shared server with S3 artifacts). A retrain is one
 parent run with a nested run per stage; a stage run alone from the CLI or DVC is a
 top-level run. Every stage run records its params, per-step and final metrics, counts,
-the stage manifest and chosen artifacts, and the DVC hash of the raw data it used
-(`mlflow.log_input`).
+the stage manifest and chosen artifacts, and the data it read as MLflow dataset inputs
+(`mlflow.log_input`, see `log_stage_inputs`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -51,19 +52,79 @@ def dvc_data_hash(data_dvc: Path = Path("data.dvc")) -> dict[str, str] | None:
             "nfiles": str(out.get("nfiles", ""))}
 
 
-def _log_data_input(mlflow: Any) -> None:
-    info = dvc_data_hash()
-    if not info:
-        return
+def _source(uri: str, hub_config: str | None = None) -> Any:
+    """The MLflow dataset source of a local path, an s3 URI or (`hf://`) a hub id."""
     from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
+
+    if uri.startswith("hf://"):
+        uri = uri[len("hf://"):]
+        if not Path(uri).exists():  # a hub id
+            from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+            return HuggingFaceDatasetSource(path=uri, config_name=hub_config)
+    if "://" not in uri:
+        uri = str(Path(uri).resolve())
+    from mlflow.exceptions import MlflowException
 
     with warnings.catch_warnings():  # "can be interpreted in multiple ways": both local
         warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(str(Path(info["path"]).resolve()))
-    dataset = MetaDataset(source=source, name=f"dvc:{info['path']}", digest=info["md5"][:36])
-    mlflow.log_input(dataset, context="raw-data", tags={"dvc_md5": info["md5"]})
-    mlflow.set_tag("dvc.data_md5", info["md5"])
+        try:
+            return resolve_dataset_source(uri)
+        except MlflowException:  # a scheme MLflow has no source for: keep the URI as a tag
+            from mlflow.data.code_dataset_source import CodeDatasetSource
+
+            return CodeDatasetSource(tags={"uri": uri})
+
+
+def _log_dataset(mlflow: Any, source: Any, name: str, digest: str, context: str,
+                 tags: dict[str, str]) -> None:
+    """One dataset input; MLflow keeps 36 characters of a digest (the tags keep it all)."""
+    from mlflow.data.meta_dataset import MetaDataset
+
+    mlflow.log_input(MetaDataset(source=source, name=name[:500], digest=digest[:36]),
+                     context=context, tags=tags)
+
+
+def _log_raw_inputs(mlflow: Any, settings: Any) -> None:
+    """The raw data a run reads: each `ingest.inputs` spec (name: the spec, digest: sha256
+    of the spec text; context `input`), else the data dir, with the md5 DVC recorded for it
+    (context `raw-data`, tag `dvc.data_md5`) when `data.dvc` tracks that very folder."""
+    from components.ingest import split_spec
+
+    specs = list(getattr(settings.ingest, "inputs", None) or [])
+    for text in specs:
+        _fmt, location, options, is_hf = split_spec(text)
+        digest = hashlib.sha256(text.strip().encode()).hexdigest()
+        source = _source(("hf://" if is_hf else "") + location, options.get("config"))
+        _log_dataset(mlflow, source, text.strip(), digest, "input",
+                     {"spec": text.strip()[:500], "spec_sha256": digest})
+    if specs:
+        return
+    info = dvc_data_hash()
+    data_dir = Path(settings.data_dir).resolve()
+    if info and Path(info["path"]).resolve() == data_dir:
+        _log_dataset(mlflow, _source(str(data_dir)), f"dvc:{info['path']}", info["md5"],
+                     "raw-data", {"dvc_md5": info["md5"]})
+        mlflow.set_tag("dvc.data_md5", info["md5"])
+
+
+def log_stage_inputs(mlflow: Any, settings: Any, stage: str, run_dir: Path) -> None:
+    """Record what `stage` reads as dataset inputs of the active run.
+
+    Each upstream stage it consumes (`check_prerequisites`: `{stage: outputs_digest}`) is a
+    dataset `<stage>-outputs` (source: its folder in `run_dir`; digest: its manifest's
+    `outputs_digest`, whole in the input tag `outputs_digest` and the run tag
+    `amalia.input.<stage>`; context `upstream`). `validate` also records its raw inputs
+    (see `_log_raw_inputs`). Raises `MissingInputError` as `run_stage` would.
+    """
+    from components.stages import check_prerequisites
+
+    for upstream, digest in check_prerequisites(stage, Path(run_dir), settings).items():
+        _log_dataset(mlflow, _source(str(Path(run_dir) / upstream)), f"{upstream}-outputs",
+                     digest, "upstream", {"outputs_digest": digest, "stage": upstream})
+        mlflow.set_tag(f"amalia.input.{upstream}", digest)
+    if stage == "validate":
+        _log_raw_inputs(mlflow, settings)
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -114,7 +175,7 @@ def parent_run(settings: Any, run_dir: Path, run_name: str | None = None) -> Ite
         flat: dict[str, Any] = {}
         _flatten("", settings.as_dict(), flat)
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
-        _log_data_input(mlflow)
+        _log_raw_inputs(mlflow, settings)
         yield run.info.run_id
 
 
@@ -125,7 +186,8 @@ def stage_run(
     """Open the MLflow run of one stage (nested under `parent_run_id` when given).
 
     Works from any thread or process: the parent is named explicitly, not taken from
-    MLflow's thread-local active-run stack.
+    MLflow's thread-local active-run stack. The run records the datasets the stage reads
+    (`log_stage_inputs`) before the stage starts.
     """
     import mlflow
 
@@ -135,6 +197,5 @@ def stage_run(
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     with mlflow.start_run(run_name=stage, tags=tags, nested=bool(parent_run_id)) as run:
-        if stage == "validate":
-            _log_data_input(mlflow)
+        log_stage_inputs(mlflow, settings, stage, run_dir)
         yield StageRun(mlflow, run.info.run_id)

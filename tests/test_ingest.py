@@ -84,6 +84,9 @@ def test_parse_spec_formats_and_options(tmp_path: Path) -> None:
         parse_spec(str(tmp_path / "notes"))
     with pytest.raises(ConfigError, match="cannot tell the format"):
         parse_spec(str(tmp_path / "notes" / "readme.txt"))
+    # Hugging Face's name for an image folder, as in the README
+    assert parse_spec(f"imagefolder:{tmp_path / 'notes'}").format == "images"
+    assert parse_spec(f"images:{tmp_path / 'notes'}").format == "images"
 
 
 def test_normalise_layouts() -> None:
@@ -125,6 +128,22 @@ def test_json_array_streams_and_names_the_bad_line(tmp_path: Path) -> None:
         list(iter_json_array(io.StringIO(bad), "x"))
     with pytest.raises(AmaliaError, match=r"^x:1: not a JSON array"):
         list(iter_json_array(io.StringIO('"hello"'), "x"))
+
+
+@pytest.mark.parametrize("read_chars", [1 << 20, 3])
+def test_json_array_error_names_line_and_column(monkeypatch, read_chars: int) -> None:
+    """The column is right also when the line spans several read blocks."""
+    import components.ingest as ingest
+
+    monkeypatch.setattr(ingest, "READ_CHARS", read_chars)
+    bad = '[\n {"a": 1},\n {"b": 2,,}\n]\n'
+    with pytest.raises(AmaliaError, match=r"^x:3: not valid JSON \(Expecting property name "
+                                          r"enclosed in double quotes, column 10\)$"):
+        list(iter_json_array(io.StringIO(bad), "x"))
+    one_line = '[{"a": 1}, {"b": 2} {"c": 3}]'
+    with pytest.raises(AmaliaError, match=r"^x:1: not valid JSON \(expected ',' or ']', "
+                                          r"column 21\)$"):
+        list(iter_json_array(io.StringIO(one_line), "x"))
 
 
 # ----------------------------------------------------------------------------- formats
@@ -212,6 +231,40 @@ def test_jsonl_with_a_broken_line_quarantines_that_line(tmp_path: Path) -> None:
     assert set(kept) == {"web/c1", "web/c3"} and report["total"] == 6
 
 
+def test_unparseable_jsonl_file_is_an_error_naming_file_and_line(tmp_path: Path) -> None:
+    """Not JSON Lines at all: one error naming the file and the first bad line (not a
+    quarantine line per line); a few bad lines before good ones are still quarantined."""
+    pretty = tmp_path / "pretty.jsonl"  # a pretty-printed JSON array saved as .jsonl
+    pretty.write_text(json.dumps([{"id": "a", "caption": "x"}], indent=2))
+    with pytest.raises(AmaliaError, match=r"pretty\.jsonl:1: cannot parse as JSON Lines "
+                                          r"\(Expecting value, column 2\); no line"):
+        run_inputs(tmp_path, [str(pretty)])
+    pretty.write_text("\n" + json.dumps([{"id": "a", "caption": "x"}]) + "\n")
+    with pytest.raises(AmaliaError, match=r"pretty\.jsonl:2: cannot parse as JSON Lines "
+                                          r"\(a JSON array, not an object\)"):
+        run_inputs(tmp_path, [str(pretty)])
+    binary = tmp_path / "shard.jsonl"
+    binary.write_bytes(b"\n\n" + b"PAR1\x00\x15\x04garbage\n" * 30)
+    with pytest.raises(AmaliaError, match=r"shard\.jsonl:3: cannot parse as JSON Lines "
+                                          r"\(Expecting value, column 1\); none of its first "
+                                          r"20 lines"):
+        list(iter_items(parse_spec(str(binary))))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "metadata.jsonl").write_text("file_name,text\na.png,A cat.\n")  # a CSV
+    with pytest.raises(AmaliaError, match=r"metadata\.jsonl:1: cannot parse as JSON Lines"):
+        list(iter_items(parse_spec(f"imagefolder:{folder}")))
+    head = tmp_path / "head.jsonl"
+    head.write_text("oops\n\n[1]\n" + json.dumps({"id": "q", "question": "Q?", "answer": "A"})
+                    + "\n{bad\n")
+    report, reasons, kept = run_inputs(tmp_path, [str(head)])
+    quarantine = [json.loads(x) for x in (tmp_path / "out" / "quarantine.jsonl").read_text()
+                  .splitlines()]
+    assert [(q["line"], q["reasons"]) for q in quarantine] == [
+        (1, ["json_decode"]), (3, ["json_decode"]), (5, ["json_decode"])]
+    assert set(kept) == {"head/q"} and report["total"] == 4
+
+
 def test_hf_saved_dataset_with_image_bytes(tmp_path: Path) -> None:
     import datasets
 
@@ -256,6 +309,67 @@ def test_parquet_with_image_bytes_column(tmp_path: Path) -> None:
     assert kept["mc/1"].kind == "multiple_choice"
 
 
+def arrow_stream(table, path: Path, batch_rows: int) -> None:
+    """`table` as an Arrow IPC stream (what `datasets` writes), `batch_rows` a batch."""
+    import pyarrow as pa
+
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=batch_rows):
+            writer.write_batch(batch)
+
+
+def test_truncated_arrow_file_is_an_error_naming_file_and_batch(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    table = pa.table({"id": [str(i) for i in range(40)],
+                      "caption": [f"caption number {i} " * 20 for i in range(40)]})
+    path = tmp_path / "cut.arrow"
+    arrow_stream(table, path, batch_rows=10)
+    data = path.read_bytes()
+    path.write_bytes(data[:-200])  # ends inside the fourth (last) batch of ~4 kB
+    with pytest.raises(AmaliaError, match=r"cut\.arrow:31: unreadable arrow data in record "
+                                          r"batch 4 \("):
+        list(iter_items(parse_spec(str(path))))
+    path.write_bytes(b"ARROW1 nope")
+    with pytest.raises(AmaliaError, match=r"cut\.arrow: not a readable arrow file"):
+        list(iter_items(parse_spec(str(path))))
+
+
+def test_arrow_and_parquet_with_image_paths_only(tmp_path: Path) -> None:
+    """Image columns holding paths, no bytes (`{bytes: null, path}` structs or strings):
+    relative paths resolve against the folder of the data file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tables = tmp_path / "tables"
+    write_images(tables)
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    pq.write_table(pa.table({
+        "id": ["ok", "missing", "abs"],
+        "image": pa.array([{"bytes": None, "path": "imgs/a.png"},
+                           {"bytes": None, "path": "imgs/nope.png"},
+                           {"bytes": None, "path": str(tables / "imgs" / "b.png")}],
+                          type=image_type),
+        "caption": ["A red thing.", "Nothing.", "A blue thing."]}), tables / "p.parquet")
+    arrow_stream(pa.table({"id": ["s1", "s2"], "image_path": ["imgs/grey.png", "imgs/bad.png"],
+                           "question": ["What?", "Why?"], "answer": ["x", "y"]}),
+                 tables / "s.arrow", batch_rows=1)
+    file_table = pa.table({"id": ["f1"], "image": ["imgs/a.png"], "text": ["Again."]})
+    with pa.OSFile(str(tables / "f.arrow"), "wb") as sink, \
+            pa.ipc.new_file(sink, file_table.schema) as writer:  # the IPC file format
+        writer.write_table(file_table)
+    assert parse_spec(str(tables / "s.arrow")).format == "arrow"
+    report, reasons, kept = run_inputs(tmp_path, [
+        str(tables / "p.parquet"), str(tables / "s.arrow"), f"arrow:{tables / 'f.arrow'}"])
+    assert reasons == {"p/missing": ["image_missing"], "s/s2": ["image_unreadable"]}
+    assert_partition(report, reasons, kept, ["p/ok", "p/missing", "p/abs", "s/s1", "s/s2",
+                                             "f/f1"])
+    assert kept["p/ok"].image == str(tables / "imgs" / "a.png")
+    assert kept["p/abs"].image == str(tables / "imgs" / "b.png")
+    assert kept["s/s1"].image == str(tables / "imgs" / "grey.png") and kept["s/s1"].kind == "qa"
+    assert kept["f/f1"].image == str(tables / "imgs" / "a.png")
+
+
 def test_image_folder_with_sidecars(tmp_path: Path) -> None:
     folder = tmp_path / "pd12m"
     folder.mkdir()
@@ -286,6 +400,46 @@ def test_hub_id_goes_through_load_dataset_streaming(tmp_path: Path, monkeypatch)
     items = list(iter_items(parse_spec("hf://lmms-lab/textvqa?split=validation")))
     assert calls == [("lmms-lab/textvqa", "validation", True)]
     assert items[0].payload == {"question": "Q?", "answer": "A."}
+
+
+def test_hub_config_is_passed_to_load_dataset(tmp_path: Path, monkeypatch) -> None:
+    """Multi-subset hub datasets (FineVision, the Cauldron): `?config=` (alias `?subset=`)
+    becomes `load_dataset(id, name=...)`; nothing is downloaded."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name=None, split=None, streaming=False):
+        calls.append((path, name, split, streaming))
+        return datasets.Dataset.from_dict({"question": ["Q?"], "answer": ["A."]})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    spec = parse_spec("hf://HuggingFaceM4/FineVision?config=chartqa&split=train")
+    items = list(iter_items(spec))
+    assert calls == [("HuggingFaceM4/FineVision", "chartqa", "train", True)]
+    assert items[0].file == "hf://HuggingFaceM4/FineVision:chartqa[train]"
+    assert spec.source == "FineVision-chartqa"  # subsets do not share ids by default
+    list(iter_items(parse_spec("hf://HuggingFaceM4/the_cauldron?subset=ai2d&source=ai2d")))
+    assert calls[-1] == ("HuggingFaceM4/the_cauldron", "ai2d", "train", True)
+    with pytest.raises(ConfigError, match=r"\?config= applies to hub ids only"):
+        parse_spec(f"{tmp_path}/x.parquet?config=chartqa")
+
+
+def test_hub_rows_with_relative_image_paths_need_an_image_root(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    import datasets
+
+    write_images(tmp_path)
+    rows = {"id": ["1", "2"], "image": ["imgs/a.png", str(tmp_path / "imgs" / "b.png")],
+            "caption": ["A red thing.", "A blue thing."]}
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda path, split=None, streaming=False: datasets.Dataset.from_dict(rows))
+    with pytest.raises(AmaliaError, match=r"^hf://org/caps\[train\]:1: image path 'imgs/a\.png' "
+                                          r"is relative .*add \?image_root=DIR"):
+        list(iter_items(parse_spec("hf://org/caps")))
+    report, reasons, kept = run_inputs(tmp_path, [f"hf://org/caps?image_root={tmp_path}"])
+    assert reasons == {} and report["total"] == 2
+    assert kept["caps/1"].image == str(tmp_path / "imgs" / "a.png")
 
 
 def test_all_formats_in_one_stage_run_with_gx(tmp_path: Path, mlflow_uri: str) -> None:

@@ -33,3 +33,72 @@ def test_validate_stage_is_tracked_with_dvc_input(tmp_path, mlflow_uri):
 def test_stages_from_slices_the_chain():
     assert stages_from("sft", "evaluate") == ["sft", "dpo", "evaluate"]
     assert stages_from()[0] == "validate" and stages_from()[-1] == "register"
+
+
+def _inputs(client, run_id: str) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """`name -> (digest, context, input tags)` of a run's dataset inputs."""
+    out = {}
+    for di in client.get_run(run_id).inputs.dataset_inputs:
+        tags = {t.key: t.value for t in di.tags}
+        out[di.dataset.name] = (di.dataset.digest, tags.get("mlflow.data.context"), tags)
+    return out
+
+
+def test_stage_runs_record_the_upstream_outputs_they_read(tmp_path, mlflow_uri):
+    """Each nested stage run logs `<stage>-outputs` inputs with the manifests' digests."""
+    from components.manifest import write_manifest
+    from components.tracking import parent_run, stage_run
+
+    run_dir = tmp_path / "run"
+    digests = {}
+    for stage in ("validate", "translate"):
+        (run_dir / stage).mkdir(parents=True)
+        (run_dir / stage / "part.jsonl").write_text(f'{{"stage": "{stage}"}}\n')
+        digests[stage] = write_manifest(run_dir / stage, stage, inputs={}, counts={},
+                                        metrics={}, config_digest="c", started="t")[
+            "outputs_digest"]
+    settings = load_settings("ci", overrides={"data_dir": str(tmp_path / "data")})
+    client = mlflow.MlflowClient(mlflow_uri)
+    with parent_run(settings, run_dir) as parent_id:
+        with stage_run(settings, "mix", run_dir, parent_id) as tracked:
+            pass
+    run = client.get_run(tracked.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent_id
+    inputs = _inputs(client, tracked.run_id)
+    assert set(inputs) == {"validate-outputs", "translate-outputs"}
+    for stage, digest in digests.items():
+        logged, context, tags = inputs[f"{stage}-outputs"]
+        assert (logged, context) == (digest[:36], "upstream")
+        assert tags["outputs_digest"] == digest == run.data.tags[f"amalia.input.{stage}"]
+
+
+def test_validate_with_input_sources_records_the_specs_not_data_dvc(tmp_path, mlflow_uri):
+    """`--input` sources are what validate read: each spec is logged (digest of the spec);
+    the data.dvc md5 is not (it describes the default data dir, unused here)."""
+    import hashlib
+
+    from components.tracking import stage_run
+
+    (tmp_path / "data.dvc").write_text(
+        "outs:\n- md5: 0123456789abcdef0123456789abcdef.dir\n  nfiles: 3\n  path: data\n")
+    (tmp_path / "data").mkdir()
+    specs = [f"llava:{tmp_path}/llava.json?source=l", "hf://HuggingFaceM4/FineVision?config=ai2d",
+             "s3://bucket/ocr/shard-000.parquet"]
+    settings = load_settings("ci", overrides={"data_dir": str(tmp_path / "data"),
+                                              "ingest": {"inputs": specs}})
+    client = mlflow.MlflowClient(mlflow_uri)
+    with stage_run(settings, "validate", tmp_path / "run") as tracked:
+        pass
+    inputs = _inputs(client, tracked.run_id)
+    assert set(inputs) == set(specs)
+    for spec in specs:
+        digest = hashlib.sha256(spec.encode()).hexdigest()
+        assert inputs[spec][:2] == (digest[:36], "input")
+        assert inputs[spec][2]["spec_sha256"] == digest
+    assert "dvc.data_md5" not in client.get_run(tracked.run_id).data.tags
+    # the default data dir (the folder data.dvc tracks): its md5, as before
+    default = load_settings("ci", overrides={"data_dir": str(tmp_path / "data")})
+    with stage_run(default, "validate", tmp_path / "run") as tracked:
+        pass
+    assert [(d, c) for d, c, _ in _inputs(client, tracked.run_id).values()] == [
+        ("0123456789abcdef0123456789abcdef.dir"[:36], "raw-data")]

@@ -181,6 +181,23 @@ def _collect_images(row: dict[str, Any], sink: ImageSink) -> None:
         return
 
 
+def image_paths(row: dict[str, Any]) -> list[str]:
+    """The image values of a raw row that are paths (strings, or `{path}` dicts without
+    bytes), from the columns `normalise` reads them from; bytes are skipped, not copied."""
+    if "kind" in row:
+        value = row.get("images") or row.get("image")
+    else:
+        value = next((row[k] for k in IMAGE_KEYS if row.get(k) is not None
+                      and not (isinstance(row[k], list) and not row[k])), None)
+    out = []
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, dict) and not v.get("bytes"):
+            v = v.get("path")
+        if isinstance(v, str) and v.strip():
+            out.append(v)
+    return out
+
+
 def _foreign(row: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """The record fields of a row in a foreign layout (see the module docstring)."""
     box_format = defaults.get("box_format", "xyxy")
