@@ -19,10 +19,19 @@ Source tokens are words and punctuation marks of the distinct source texts
   6+6 layers d512, or a 1B Llama for `hf_llm`), for GPU timing where no hub is reachable.
   Random models never stop early: every text runs to its token budget (a worst case).
 
-Also evaluates the pt-PT/pt-BR detector of `components.variety` on the test split of its
-labelled sample (accuracy, F1 per variety, macro F1, `unknown` rate) and records how
-many translations the filter flagged as pt-BR in each case. Writes
-`bench/results/translate_throughput.json` (or `--out`).
+pt-PT / pt-BR:
+- `variety_detector`: the detector of `components.variety` on its held-out test set, with
+  the one definition `bench/variety_eval.py` uses (`evaluate_detector`: `unknown` counts
+  as wrong; `coverage` and `accuracy_on_covered` beside it), so the two files agree;
+- `variety_filter`: how many translations the quality filter flags as pt-BR, on real
+  filter output with a known answer. A translation memory maps a synthetic English source
+  to each labelled sentence (the sample and the held-out test set): pt-PT sentences play
+  good translations, pt-BR sentences pt-BR-flavoured ones. `translate_file` runs the
+  stage's filter over them (defaults: `normalise_br` off), and the flagged count
+  (`variety_pt_br` in the quarantine) is set against the known pt-BR targets as
+  precision / recall, for all of them and for the held-out sentences alone. The memory
+  cases count flags on the seed set's pt-PT memory (every flag there is a false one).
+Writes `bench/results/translate_throughput.json` (or `--out`).
 """
 
 from __future__ import annotations
@@ -44,8 +53,10 @@ from components.records import Record, read_records, write_records  # noqa: E402
 from components.settings import load_settings  # noqa: E402
 from components.translation.backends import load_memory  # noqa: E402
 from components.translation.engine import translate_file  # noqa: E402
+from components.translation.protect import digit_runs  # noqa: E402
 
 SMALL = {"train_per_task": 8, "test_per_task": 4, "seed_en_per_kind": 40}
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def corpus(data: Path, out: Path, repeat: int) -> tuple[Path, Path]:
@@ -125,7 +136,8 @@ def run_case(name: str, records: Path, settings, out: Path) -> dict:
     keep = ("total", "kept", "quarantined", "by_reason", "texts", "cache_hits", "cache_misses",
             "source_tokens", "backend_source_tokens", "seconds", "backend_seconds",
             "tokens_per_s", "backend_tokens_per_s", "generated_tokens",
-            "generated_tokens_per_s", "variety_flagged", "language_check", "model")
+            "generated_tokens_per_s", "variety_flagged", "variety", "language_check",
+            "model")
     row = {k: report[k] for k in keep}
     row["wall_seconds"] = round(wall, 3)
     print(f"{name:<24} {report['source_tokens']:>8} tok  {report['tokens_per_s']:>10.1f} tok/s "
@@ -137,35 +149,86 @@ def run_case(name: str, records: Path, settings, out: Path) -> dict:
 
 
 def variety_eval() -> dict:
-    """Accuracy / F1 of the pt-PT detector on its labelled test split."""
+    """The pt-PT detector on its held-out test set, by `evaluate_detector` (the definition
+    `bench/variety_eval.py` uses: `unknown` counts as wrong)."""
     try:
-        from components.variety import load_samples, make_detector
+        from components.variety.detector import load_test_set, make_detector
+        from components.variety.report import evaluate_detector
     except ImportError as exc:
         return {"available": False, "error": str(exc)}
-    rows = load_samples(split="test")
-    det = make_detector("cues")
-    verdicts = det.classify([r["text"] for r in rows])
-    gold = [r["label"] for r in rows]
-    pred = ["pt-PT" if v["score"] > 0.5 else "pt-BR" for v in verdicts]
+    m = evaluate_detector(make_detector("cues"), load_test_set())
+    return {"available": True, "set": "held-out test (components/variety/data/"
+            "variety_test.jsonl); same figures as bench/results/variety.json 'heldout'",
+            **{k: m[k] for k in ("detector", "n", "accuracy", "macro_f1", "coverage",
+                                 "accuracy_on_covered", "unknown_rate", "per_class",
+                                 "confusion")}}
 
-    def f1(label: str) -> float:
-        tp = sum(g == p == label for g, p in zip(gold, pred, strict=True))
-        fp = sum(p == label != g for g, p in zip(gold, pred, strict=True))
-        fn = sum(g == label != p for g, p in zip(gold, pred, strict=True))
-        return round(2 * tp / (2 * tp + fp + fn), 4) if tp else 0.0
 
-    flagged = [v["label"] == "pt-BR" for v in verdicts]  # what the translation filter rejects
-    return {
-        "available": True, "detector": "cues", "n": len(rows),
-        "accuracy": round(sum(g == p for g, p in zip(gold, pred, strict=True)) / len(rows), 4),
-        "f1_pt_pt": f1("pt-PT"), "f1_pt_br": f1("pt-BR"),
-        "macro_f1": round((f1("pt-PT") + f1("pt-BR")) / 2, 4),
-        "unknown_rate": round(sum(v["label"] == "unknown" for v in verdicts) / len(rows), 4),
-        "filter_flags": {
-            "pt-BR": sum(f for f, g in zip(flagged, gold, strict=True) if g == "pt-BR"),
-            "pt-PT": sum(f for f, g in zip(flagged, gold, strict=True) if g == "pt-PT"),
-            "of": {lab: gold.count(lab) for lab in ("pt-PT", "pt-BR")}},
+def _synthetic_source(i: int, target: str) -> str:
+    """An English-looking source for labelled sentence `i`, with the target's digits (so
+    the number check passes) and no other tie to it."""
+    tag = _LETTERS[i % 26] + _LETTERS[i // 26 % 26] + _LETTERS[i // 676 % 26]
+    digits = " ".join(digit_runs(target))
+    return f"Synthetic English source sentence {tag}, for the variety check {digits}".strip()
+
+
+def _flag_scores(gold_br: list[bool], flagged: list[bool]) -> dict:
+    tp = sum(g and f for g, f in zip(gold_br, flagged, strict=True))
+    fp = sum(f and not g for g, f in zip(gold_br, flagged, strict=True))
+    fn = sum(g and not f for g, f in zip(gold_br, flagged, strict=True))
+    return {"translations": len(gold_br), "pt_br_targets": sum(gold_br),
+            "flagged": sum(flagged), "flagged_pt_br": tp, "flagged_pt_pt": fp,
+            "precision": round(tp / (tp + fp), 4) if tp + fp else 0.0,
+            "recall": round(tp / (tp + fn), 4) if tp + fn else 0.0}
+
+
+def variety_filter_case(work: Path, settings_for) -> dict:
+    """The quality filter on translations with known variety (see the module docstring)."""
+    from components.variety.detector import load_samples, load_test_set
+
+    rows = [{**r, "set": "sample"} for r in load_samples()]
+    rows += [{**r, "set": "test"} for r in load_test_set()]
+    out = work / "variety-filter"
+    out.mkdir(parents=True, exist_ok=True)
+    records, memory = [], {}
+    for i, r in enumerate(rows):
+        src = _synthetic_source(i, r["text"])
+        memory[src] = r["text"]
+        records.append(Record(id=f"variety-{i:04d}", source="variety_check", language="en",
+                              task_family="variety", kind="caption", text=src))
+    write_records(out / "records.jsonl", records)
+    with (out / "memory.jsonl").open("w", encoding="utf-8") as fh:
+        for s, t in memory.items():
+            fh.write(json.dumps({"source": s, "target": t}, ensure_ascii=False) + "\n")
+    settings = settings_for("cache-variety", memory_path=str(out / "memory.jsonl"))
+    t0 = time.perf_counter()
+    report = translate_file(out / "records.jsonl", settings, out / "run")
+    flagged_ids = set()
+    for line in (out / "run" / "quarantine.jsonl").read_text(encoding="utf-8").splitlines():
+        q = json.loads(line)
+        if any("variety_pt_br" in t["reasons"] for t in q["texts"]):
+            flagged_ids.add(q["id"])
+    flagged = [f"variety-{i:04d}" in flagged_ids for i in range(len(rows))]
+    gold_br = [r["label"] == "pt-BR" for r in rows]
+    test = [i for i, r in enumerate(rows) if r["set"] == "test"]
+    result = {
+        "how": "memory backend; targets = labelled pt-PT (good) and pt-BR (bad) sentences "
+               "of synthetic English sources; flag = reason variety_pt_br; normalise_br "
+               f"{settings.translate.normalise_br}",
+        "all": _flag_scores(gold_br, flagged),
+        "heldout_test_only": _flag_scores([gold_br[i] for i in test],
+                                          [flagged[i] for i in test]),
+        "report_variety": report["variety"],
+        "wall_seconds": round(time.perf_counter() - t0, 3),
     }
+    if result["all"]["flagged"] != report["variety_flagged"]:
+        raise RuntimeError(f"flag count mismatch: {result['all']} vs {report['variety']}")
+    a, h = result["all"], result["heldout_test_only"]
+    print(f"{'variety_filter':<24} flagged {a['flagged']}/{a['translations']} "
+          f"(pt-BR targets {a['pt_br_targets']}): precision {a['precision']:.3f}, recall "
+          f"{a['recall']:.3f}; held-out only: {h['flagged']}/{h['translations']}, precision "
+          f"{h['precision']:.3f}, recall {h['recall']:.3f}", flush=True)
+    return result
 
 
 def main() -> None:
@@ -204,7 +267,9 @@ def main() -> None:
                           "max_quarantine_ratio": 1.0, **translate}})
 
     cases: dict[str, dict] = {}
+    variety_filter = None
     if not args.skip_cpu:
+        variety_filter = variety_filter_case(work, settings)
         mem = settings("cache-memory")
         cases["memory_cold"] = run_case("memory_cold", records, mem, work / "out")
         cases["memory_warm"] = run_case("memory_warm", records, mem, work / "out")
@@ -236,6 +301,7 @@ def main() -> None:
         "token_unit": "words and punctuation marks of distinct source texts",
         "cases": cases,
         "variety_detector": variety_eval(),
+        "variety_filter": variety_filter,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")

@@ -145,7 +145,8 @@ def test_translator_factory(data: Path, tmp_path: Path) -> None:
     llm = make_translator(settings_for(data, translate={"backend": "hf_llm",
                                                         "model_id": "google/gemma-3-27b-it"}))
     assert isinstance(llm, ProtectedTranslator) and llm.identity.backend == "hf_llm"
-    assert llm.identity.model == "google/gemma-3-27b-it" and llm.inner._model is None
+    assert llm.identity.model.startswith("google/gemma-3-27b-it@rev:main=")
+    assert llm.inner._model is None
     with pytest.raises(ConfigError, match="model_id"):
         make_translator(settings_for(data, translate={"backend": "hf_seq2seq"}))
     with pytest.raises(ConfigError, match="text"):

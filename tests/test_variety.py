@@ -19,8 +19,10 @@ from components.variety.detector import (
     HFClassifierDetector,
     VarietyDetector,
     assign_splits,
+    file_sha256,
     fit,
     load_samples,
+    load_test_set,
     load_weights,
     make_detector,
     variety_of_label,
@@ -28,10 +30,17 @@ from components.variety.detector import (
 from components.variety.normalise import gerund_to_infinitive, normalise_br_to_pt
 from components.variety.report import classify_lines, evaluate_detector, variety_command
 
-# Measured on the held-out split (bench/results/variety.json): accuracy 0.988, macro-F1 0.994.
-# The floors leave room for one or two more misses, not for a regression to chance.
-HELDOUT_ACCURACY_FLOOR = 0.93
-HELDOUT_F1_FLOOR = 0.93
+# Measured once on the independent held-out test set (data/variety_test.jsonl, written after
+# the cue list; bench/results/variety.json "heldout"): accuracy 0.617, macro-F1 0.758,
+# coverage 0.625, accuracy on covered 0.987 -- below the issue's 0.85 target, through low
+# coverage, not wrong calls. These floors guard against regressions; they must not be
+# raised by tuning cues on the test sentences (only on the train split of the sample).
+HELDOUT_ACCURACY_FLOOR = 0.58
+HELDOUT_F1_FLOOR = 0.72
+HELDOUT_COVERAGE_FLOOR = 0.58
+HELDOUT_COVERED_ACCURACY_FLOOR = 0.95
+# The dev split of the sample was seen while the cue list was written: an optimistic check.
+DEV_ACCURACY_FLOOR = 0.93
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +53,15 @@ def samples() -> list[dict]:
     return load_samples()
 
 
+@pytest.fixture(scope="module")
+def test_set() -> list[dict]:
+    return load_test_set()
+
+
 # ------------------------------------------------------------------ data
 
 
-def test_sample_is_balanced_varied_and_split_deterministically(samples):
+def test_sample_is_balanced_varied_and_split_by_pair(samples):
     assert len(samples) >= 240
     assert len({s["text"] for s in samples}) == len(samples)
     labels = Counter(s["label"] for s in samples)
@@ -55,24 +69,86 @@ def test_sample_is_balanced_varied_and_split_deterministically(samples):
     domains = Counter(s["domain"] for s in samples)
     assert set(domains) >= {"caption", "vqa", "document", "dialogue"}
     assert min(domains.values()) >= 40
-    test = [s for s in samples if s["split"] == "test"]
-    assert 0.25 <= len(test) / len(samples) <= 0.35
-    assert Counter(s["label"] for s in test)[PT_PT] == Counter(s["label"] for s in test)[PT_BR]
+    assert {s["split"] for s in samples} == {"train", "dev"}
+    # parallel versions of one sentence: one pt-PT + one pt-BR, always in the same split
+    pairs: dict[str, list[dict]] = {}
+    for s in samples:
+        pairs.setdefault(s["pair"], []).append(s)
+    for rows in pairs.values():
+        assert sorted(r["label"] for r in rows) == [PT_BR, PT_PT]
+        assert len({r["split"] for r in rows}) == 1 and len({r["domain"] for r in rows}) == 1
+    dev = [s for s in samples if s["split"] == "dev"]
+    assert 0.25 <= len(dev) / len(samples) <= 0.35
+    assert Counter(s["label"] for s in dev)[PT_PT] == Counter(s["label"] for s in dev)[PT_BR]
     # the split written in the file is the one assign_splits computes
     resplit = assign_splits([{k: v for k, v in s.items() if k != "split"} for s in samples])
     assert [s["split"] for s in resplit] == [s["split"] for s in samples]
 
 
+def test_assign_splits_keeps_pairs_together():
+    rows = [{"text": f"{lab} {i}", "label": lab, "domain": "d", "pair": f"p{i}"}
+            for i in range(20) for lab in (PT_PT, PT_BR)]
+    split = assign_splits(rows, dev_fraction=0.3)
+    assert sum(r["split"] == "dev" for r in split) == 12  # 6 of 20 pairs, both halves
+    for a, b in zip(split[::2], split[1::2], strict=True):
+        assert a["pair"] == b["pair"] and a["split"] == b["split"]
+
+
+def test_heldout_test_set_is_independent_frozen_and_balanced(samples, test_set):
+    assert file_sha256(vd.TEST_PATH) == vd.TEST_SET_SHA256  # unchanged since first scored
+    assert len(test_set) >= 120 and {s["split"] for s in test_set} == {"test"}
+    assert len({s["text"] for s in test_set}) == len(test_set)
+    assert not {s["text"] for s in test_set} & {s["text"] for s in samples}
+    per = Counter((s["domain"], s["label"]) for s in test_set)
+    assert {d for d, _ in per} == {"caption", "vqa", "document", "dialogue"}
+    assert min(per.values()) >= 15 and len(per) == 8
+    # the issue's labelled sample (>= 200, half each variety) is sample + test set
+    everything = Counter(s["label"] for s in samples + test_set)
+    assert everything[PT_PT] == everything[PT_BR] and sum(everything.values()) >= 200
+
+
 # ------------------------------------------------------------------ the cue model
 
 
-def test_heldout_accuracy_and_macro_f1(cues, samples):
-    m = evaluate_detector(cues, [s for s in samples if s["split"] == "test"])
+def test_heldout_accuracy_and_macro_f1(cues, test_set):
+    m = evaluate_detector(cues, test_set)
     assert m["accuracy"] >= HELDOUT_ACCURACY_FLOOR, m
     assert m["macro_f1"] >= HELDOUT_F1_FLOOR, m
-    assert m["brier"] <= 0.05, m
-    assert m["unknown_rate"] <= 0.05, m
+    assert m["coverage"] >= HELDOUT_COVERAGE_FLOOR, m
+    assert m["accuracy_on_covered"] >= HELDOUT_COVERED_ACCURACY_FLOOR, m
     assert set(m["per_class"]) == {PT_PT, PT_BR}
+
+
+def test_dev_split_accuracy(cues, samples):
+    m = evaluate_detector(cues, [s for s in samples if s["split"] == "dev"])
+    assert m["accuracy"] >= DEV_ACCURACY_FLOOR, m
+    assert m["brier"] <= 0.05, m
+
+
+class Fixed:
+    """A fake detector answering fixed labels (for the metric definitions)."""
+
+    name = "fixed"
+
+    def __init__(self, labels: list[str]):
+        self.labels = labels
+
+    def score(self, texts):
+        return [0.5] * len(texts)
+
+    def classify(self, texts):
+        return [{"label": lab, "score": {PT_PT: 0.9, PT_BR: 0.1}.get(lab, 0.5)}
+                for lab in self.labels[:len(texts)]]
+
+
+def test_one_accuracy_definition_unknown_is_wrong():
+    rows = [{"text": str(i), "label": lab}
+            for i, lab in enumerate([PT_PT, PT_PT, PT_BR, PT_BR])]
+    m = evaluate_detector(Fixed([PT_PT, UNKNOWN, PT_BR, PT_PT]), rows)
+    assert m["accuracy"] == 0.5            # the unknown counts as wrong
+    assert m["coverage"] == 0.75 and m["unknown_rate"] == 0.25
+    assert m["accuracy_on_covered"] == pytest.approx(2 / 3, abs=1e-6)
+    assert m["per_class"][PT_PT]["recall"] == 0.5 and m["per_class"][PT_PT]["precision"] == 0.5
 
 
 @pytest.mark.parametrize(("text", "label"), [
@@ -112,6 +188,27 @@ def test_classic_pairs(cues, text, label):
 ])
 def test_subtle_cues(cues, text, label):
     assert cues.classify([text])[0]["label"] == label, cues.explain(text)
+
+
+def test_existential_ter_needs_a_place_not_a_possessor(cues):
+    # "quantos anos tem a tua filha" is possessive "ter" in both varieties
+    for text in ("Quantos anos tem a tua filha?", "Quantos anos tem sua filha?",
+                 "Quantos irmãos tem o João?"):
+        assert "existential-ter/br" not in vd.cue_counts(text), text
+    verdict = cues.classify(["Quantos anos tem a tua filha?"])[0]  # was a pt-BR false flag
+    assert verdict["label"] != PT_BR and verdict["score"] > 0.5, verdict
+    # existential "tem" (pt-PT: "há") still counts
+    for text in ("Me diz quantas xícaras tem em cima do balcão.",
+                 "Quantas pessoas tem na fila?", "Na mesa tem um copo."):
+        assert vd.cue_counts(text)["existential-ter/br"] == 1, text
+
+
+def test_cues_crafted_for_single_sentences_are_gone():
+    for name in ("arquibancada/pt", "eletrico/pt", "terra-batida/pt", "terra-batida/br",
+                 "devidos-efeitos/pt", "devidos-efeitos/br", "vou-nessa/br"):
+        assert name not in vd.CUE_BY_NAME, name
+    assert "estádio" not in vd.CUE_BY_NAME["arquibancada/br"].pattern.pattern
+    assert "(?=" not in vd.CUE_BY_NAME["eletrico/br"].pattern.pattern
 
 
 @pytest.mark.parametrize("text", ["", "   ", "O carro é vermelho.", "Bom dia.",

@@ -3,7 +3,10 @@
 A `Translator` turns a list of source texts into a list of targets of the same length and
 order; an empty string means "could not translate this one" (never a pass-through of the
 source). Each translator has an `identity`: the `(backend, model, prompt)` triple that,
-with the source text and `CACHE_VERSION`, keys the translation cache.
+with the source text and `CACHE_VERSION`, keys the translation cache. For the HF backends
+`model` is `<id>@<fingerprint of the weights>` (a local folder's file digest, a hub id's
+revision and cached commit; `hf.model_fingerprint`), so retrained or updated weights never
+reuse stale translations.
 
 Backends (`translate.backend`):
 - `memory`: exact-match lookups in a translation memory (JSONL or parquet with string
@@ -158,7 +161,8 @@ def make_translator(settings: Settings) -> Translator:
         return MemoryTranslator.from_file(memory_path(settings))
     if not cfg.model_id:
         raise ConfigError(f"translate.backend={cfg.backend} needs translate.model_id",
-                          "set translate.model_id to a hub id or a save_pretrained folder")
+                          "set translate.model_id to a save_pretrained folder or a hub id "
+                          "(org/name@revision pins a revision)")
     from components.translation.hf import LLMTranslator, Seq2SeqTranslator
 
     common = {"batch_size": cfg.batch_size, "max_new_tokens": cfg.max_new_tokens,

@@ -16,6 +16,19 @@ greedily in batches of `batch_size`, and return outputs in the input order.
 
 `max_new_tokens` is capped per batch at `3 x longest source + 16` tokens so a model that
 never emits EOS cannot run away on short texts.
+
+Cache identity (`Identity.model`): `<model id>@<fingerprint>` from `model_fingerprint`, so
+new weights never reuse stale cached translations:
+- a local folder: `local:` + a digest of every file's relative path and, for small or
+  text files (configs, tokenizer, safetensors index), its content, for weight files its
+  size and mtime. Retraining in place changes it; copying a folder without keeping mtimes
+  changes it too (a cache miss, never a stale hit);
+- a hub id: `rev:<revision>=<commit>`, the commit read off the local Hugging Face cache
+  (no network), or `=unresolved` when the model is not cached yet; a revision is given as
+  `model_id: org/name@<branch, tag or commit>` (or `revision=`) and is also what loads.
+Everything else that changes outputs is in `Identity.prompt`: languages, the prompt
+digest, `max_new_tokens`, and for seq2seq `max_source_tokens` (inputs are truncated to
+it; the LLM path never truncates).
 """
 
 from __future__ import annotations
@@ -24,6 +37,7 @@ import hashlib
 import logging
 import re
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from components.translation.backends import Identity
@@ -46,6 +60,59 @@ DEFAULT_PROMPT = (
 )
 
 
+SMALL_FILE_BYTES = 1 << 20  # files up to this size are hashed by content
+_CONTENT_SUFFIXES = {".json", ".txt", ".model", ".jinja", ".py", ".tiktoken", ".vocab"}
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def split_revision(model_id_or_path: str, revision: str | None = None) -> tuple[str, str | None]:
+    """`("org/name@rev", None)` -> `("org/name", "rev")`; a local folder, or an explicit
+    `revision`, is never split."""
+    model_id = str(model_id_or_path)
+    if revision is None and "@" in model_id and not Path(model_id).exists():
+        model_id, _, revision = model_id.rpartition("@")
+    return model_id, revision or None
+
+
+def _folder_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts)):
+        st = path.stat()
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        if st.st_size <= SMALL_FILE_BYTES or path.suffix in _CONTENT_SUFFIXES:
+            h.update(hashlib.sha256(path.read_bytes()).digest())
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _cached_commit(model_id: str, revision: str | None) -> str | None:
+    """The commit of `model_id` at `revision` in the local HF cache (no network), if any."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model_id, "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - an invalid repo id, no hub library: unresolved
+        return None
+    if isinstance(found, str):
+        commit = Path(found).parent.name
+        return commit if _COMMIT.fullmatch(commit) else None
+    return None
+
+
+def model_fingerprint(model_id_or_path: str, revision: str | None = None) -> str:
+    """What identifies the weights behind `model_id_or_path` (see the module docstring):
+    `local:<digest>` for a folder, `rev:<revision>=<commit or "unresolved">` for a hub id."""
+    folder = Path(model_id_or_path)
+    if folder.is_dir():
+        return f"local:{_folder_digest(folder)}"
+    if revision and _COMMIT.fullmatch(revision):
+        return f"rev:{revision}"
+    commit = _cached_commit(str(model_id_or_path), revision)
+    return f"rev:{revision or 'main'}={commit or 'unresolved'}"
+
+
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Indices grouped into batches of similar length (longest first), for less padding."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
@@ -59,17 +126,18 @@ def _runtime() -> Any:
     return detect_runtime()
 
 
-def _load(auto_cls: Any, model_id: str) -> Any:
+def _load(auto_cls: Any, model_id: str, revision: str | None = None) -> Any:
     """Load a model with the runtime's dtype and attention (falling back to the default
     attention when the architecture does not support the requested one)."""
     rt = _runtime()
+    extra = {"revision": revision} if revision else {}
     try:
         model = auto_cls.from_pretrained(model_id, dtype=rt.dtype,
-                                         attn_implementation=rt.attn_implementation)
+                                         attn_implementation=rt.attn_implementation, **extra)
     except (ValueError, ImportError) as exc:
         log.warning("%s: %s attention unavailable (%s); using the default", model_id,
                     rt.attn_implementation, exc)
-        model = auto_cls.from_pretrained(model_id, dtype=rt.dtype)
+        model = auto_cls.from_pretrained(model_id, dtype=rt.dtype, **extra)
     model.to(rt.device).eval()
     log.info("translation model %s on %s", model_id, rt.describe())
     return model
@@ -81,8 +149,10 @@ class _HFTranslator:
     backend = "hf"
 
     def __init__(self, model_id_or_path: str, *, batch_size: int = 16,
-                 max_new_tokens: int = 256, max_source_tokens: int = 512):
-        self.model_id = str(model_id_or_path)
+                 max_new_tokens: int = 256, max_source_tokens: int = 512,
+                 revision: str | None = None):
+        self.model_id, self.revision = split_revision(str(model_id_or_path), revision)
+        self.fingerprint = model_fingerprint(self.model_id, self.revision)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.max_source_tokens = max_source_tokens
@@ -96,7 +166,8 @@ class _HFTranslator:
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_id)
+            extra = {"revision": self.revision} if self.revision else {}
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_id, **extra)
             self._setup_tokenizer(self._tokenizer)
         return self._tokenizer
 
@@ -105,6 +176,11 @@ class _HFTranslator:
         if self._model is None:
             self._model = self._load_model()
         return self._model
+
+    @property
+    def model_key(self) -> str:
+        """`Identity.model`: the model id and the fingerprint of its weights."""
+        return f"{self.model_id}@{self.fingerprint}"
 
     def _setup_tokenizer(self, tok: Any) -> None:  # pragma: no cover - overridden
         pass
@@ -143,8 +219,9 @@ class Seq2SeqTranslator(_HFTranslator):
         self.src_lang, self.tgt_lang = src_lang, tgt_lang
         self.forced_bos_token_id: int | None = None
         self.target_prefix = ""
-        self.identity = Identity(self.backend, self.model_id,
-                                 f"{src_lang}->{tgt_lang}|max_new_tokens={self.max_new_tokens}")
+        self.identity = Identity(self.backend, self.model_key,
+                                 f"{src_lang}->{tgt_lang}|max_new_tokens={self.max_new_tokens}"
+                                 f"|max_source_tokens={self.max_source_tokens}")
 
     def _token_id(self, tok: Any, token: str) -> int | None:
         if token not in tok.get_vocab():
@@ -173,7 +250,7 @@ class Seq2SeqTranslator(_HFTranslator):
     def _load_model(self) -> Any:
         from transformers import AutoModelForSeq2SeqLM
 
-        return _load(AutoModelForSeq2SeqLM, self.model_id)
+        return _load(AutoModelForSeq2SeqLM, self.model_id, self.revision)
 
     def _generate_batch(self, texts: list[str], budget: int) -> list[str]:
         import torch
@@ -230,7 +307,7 @@ class LLMTranslator(_HFTranslator):
             raise ConfigError("translate.prompt_template must contain '{text}'")
         self.source_lang, self.target_lang = source_lang, target_lang
         digest = hashlib.sha256(self.prompt_template.encode()).hexdigest()[:16]
-        self.identity = Identity(self.backend, self.model_id,
+        self.identity = Identity(self.backend, self.model_key,
                                  f"prompt:{digest}|max_new_tokens={self.max_new_tokens}")
 
     def _setup_tokenizer(self, tok: Any) -> None:
@@ -256,7 +333,7 @@ class LLMTranslator(_HFTranslator):
     def _load_model(self) -> Any:
         from transformers import AutoModelForCausalLM
 
-        return _load(AutoModelForCausalLM, self.model_id)
+        return _load(AutoModelForCausalLM, self.model_id, self.revision)
 
     def _generate_batch(self, texts: list[str], budget: int) -> list[str]:
         import torch

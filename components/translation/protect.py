@@ -10,10 +10,16 @@ replaced by the original spans. Protected spans, matched left to right in this o
 - box coordinates: `[x1, y1, x2, y2]` (four numbers, decimals allowed) and `<box>...</box>`;
 - option letters: `(B)` and `A)` (capital A-H not preceded by a letter);
 - URLs;
+- version numbers: a number after `v`, `version` or `versão` (`v3.10`, `version 2.0`);
 - numbers: digit runs with `.`/`,` groups (`12.40`, `1,000`, `3`).
 
-`restore(..., decimal_comma=True)` writes a protected plain decimal such as `12.40` as
-`12,40` (pt-PT decimal comma); everything else comes back byte for byte. A sentinel the
+`restore(..., decimal_comma=True)` localises English number formatting for pt-PT
+(`localise_number`): a plain decimal `12.40` becomes `12,40`; comma thousands groups
+become dots, `1,000` -> `1.000` and `1,234.5` -> `1.234,5` (an English `1,000` left as is
+would read as "1" in pt-PT). Left alone: numbers with more than one dot (`1.2.3`, dotted
+versions, IP-like runs), version numbers, comma runs that are not thousands groups
+(`1,5`, `10,20`) and everything else, which comes back byte for byte. Limitation: a
+version without a `v`/`version` cue (`Python 3.10`) reads as a decimal (`3,10`). A sentinel the
 model dropped is simply absent from the output, a duplicated one appears twice, an invented
 one stays as `[[N]]`: the quality checks (`structure_signature`, digit runs, `leftover`)
 see all three on the final text, so `restore` itself never fails.
@@ -40,6 +46,7 @@ PROTECTED: tuple[tuple[str, str], ...] = (
     ("option", r"\([A-H]\)"),
     ("option", r"(?<![\w(])[A-H]\)"),
     ("url", r"https?://[^\s<>\]\)]*[^\s<>\]\).,;:!?]"),
+    ("version", rf"(?:(?<=(?<![\w.])[vV])|(?i:(?<=version )|(?<=versão )|(?<=versao ))){_NUMBER}"),
     ("number", _NUMBER),
 )
 _PATTERN = re.compile("|".join(f"(?P<k{i}>{p})" for i, (_, p) in enumerate(PROTECTED)),
@@ -48,6 +55,8 @@ _KINDS = [kind for kind, _ in PROTECTED]
 _DIGITS = re.compile(r"\d+")
 _LETTER = re.compile(r"[^\W\d_]")
 _PLAIN_DECIMAL = re.compile(r"\d+\.\d+")
+_THOUSANDS = re.compile(r"(\d{1,3}(?:,\d{3})+)(?:\.(\d+))?")
+_NUMBER_KINDS = ("number", "version", "sentinel")
 _BARE_LETTER = re.compile(r"\(?[A-H]\)?[.:]?")
 
 
@@ -90,9 +99,15 @@ def protect(text: str) -> Masked:
 
 
 def localise_number(text: str, decimal_comma: bool) -> str:
-    """`12.40` -> `12,40` when `decimal_comma`; other numbers unchanged."""
-    if decimal_comma and _PLAIN_DECIMAL.fullmatch(text):
+    """A protected number in pt-PT format when `decimal_comma`: `12.40` -> `12,40`,
+    `1,000` -> `1.000`, `1,234.5` -> `1.234,5`; anything else (`1.2.3`, `1,5`) unchanged."""
+    if not decimal_comma:
+        return text
+    if _PLAIN_DECIMAL.fullmatch(text):
         return text.replace(".", ",")
+    if m := _THOUSANDS.fullmatch(text):
+        whole = m.group(1).replace(",", ".")
+        return f"{whole},{m.group(2)}" if m.group(2) else whole
     return text
 
 
@@ -118,7 +133,7 @@ def passthrough(text: str, decimal_comma: bool = False) -> str:
 def structure_signature(text: str) -> list[str]:
     """Sorted non-number protected spans (tags, code, boxes, option letters, URLs)."""
     return sorted(m.group(0) for m in _PATTERN.finditer(text)
-                  if _kind(m) not in ("number", "sentinel"))
+                  if _kind(m) not in _NUMBER_KINDS)
 
 
 def leftover(text: str) -> bool:

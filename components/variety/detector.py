@@ -21,6 +21,14 @@ per-(kind, variety) group strength) on the train split of the labelled sample
 (`data/variety_sample.jsonl`) and writes `cue_weights.json`, shipped in the package and
 reproducible by `python -m components.variety.detector --fit`.
 
+Data and evaluation. `data/variety_sample.jsonl` holds parallel pt-PT / pt-BR versions of
+the same sentence; each row names its `pair`, and `assign_splits` keeps a pair in one
+split ("train" or "dev"), so no sentence is scored while its twin was fitted. The cue list
+was written with sight of the whole sample, so "dev" is not a clean held-out figure. The
+held-out figure comes from `data/variety_test.jsonl` (`load_test_set`): independent
+sentences written after the cue list and before they were ever scored; neither the cues
+nor the fit may be tuned on it (its sha256 is `TEST_SET_SHA256`).
+
 `HFClassifierDetector` wraps any `AutoModelForSequenceClassification` whose
 `config.id2label` names the two varieties (e.g. "PT-PT"/"PT-BR", "pt_PT"); it loads
 with `local_files_only=True` unless told otherwise (this platform runs offline).
@@ -49,9 +57,12 @@ LABELS = (PT_PT, PT_BR)
 PACKAGE_DIR = Path(__file__).resolve().parent
 WEIGHTS_PATH = PACKAGE_DIR / "cue_weights.json"
 SAMPLE_PATH = PACKAGE_DIR / "data" / "variety_sample.jsonl"
+TEST_PATH = PACKAGE_DIR / "data" / "variety_test.jsonl"
+# The held-out test set as frozen before its first evaluation: any edit shows up here.
+TEST_SET_SHA256 = "0e6a4fd6a8ee6473a3c62d652899bede900c323b266bf675d5aa1805ee1ff724"
 
 DEFAULT_MARGIN = 0.1  # |score - 0.5| below this is "unknown"
-TEST_FRACTION = 0.3
+DEV_FRACTION = 0.3  # share of the sample's parallel pairs (per domain) held out as "dev"
 FEATURE_CAP = 2  # x_c = min(count, FEATURE_CAP): repeating a word is not new evidence
 
 
@@ -157,7 +168,7 @@ PAIRS: list[tuple[str, str, str | None, str | None, float | None, float | None]]
     ("autoestrada", "lexical", r"auto-?estradas?", r"rodovias?", None, None),
     ("paragem", "lexical", r"paragens?", r"pontos? de ônibus", None, None),
     ("metro", "lexical", r"metro(?! quadrado| cúbico)", r"metrô", 0.3, None),
-    ("eletrico", "lexical", r"elétricos?(?= antigos?| amarelos?)", r"bondes?", None, None),
+    ("eletrico", "lexical", None, r"bondes?", None, None),  # "elétrico" is also an adjective
     ("res-do-chao", "lexical", r"rés-do-chão", r"térreos?", None, None),
     ("aluguer", "lexical", r"aluguer(?:es)?", r"aluguel|aluguéis", None, None),
     ("chavena", "lexical", r"chávenas?", r"xícaras?", None, None),
@@ -175,7 +186,7 @@ PAIRS: list[tuple[str, str, str | None, str | None, float | None, float | None]]
     ("golo", "lexical", r"golos?", r"gols?", None, None),
     ("adepto", "lexical", r"adept[oa]s?", r"torcedor(?:es|as?)?", None, None),
     ("remate", "lexical", r"remates?", r"chutes?", 1.0, 1.5),
-    ("arquibancada", "lexical", r"bancadas? d[oe]s? estádios?", r"arquibancadas?", None, None),
+    ("arquibancada", "lexical", None, r"arquibancadas?", None, None),  # "bancada": both
     ("utilizador", "lexical", r"utilizador(?:es|as?)?", r"usuári[oa]s?", None, None),
     ("ficheiro", "lexical", r"ficheiros?", r"arquivos?", None, 0.8),
     ("portatil", "lexical", r"portáteis|portátil", r"notebooks?|laptops?", 1.2, 1.5),
@@ -201,7 +212,6 @@ PAIRS: list[tuple[str, str, str | None, str | None, float | None, float | None]]
      None, None),
     ("candeeiro", "lexical", r"candeeiros?", r"abajures?|abajur", None, None),
     ("tosta-mista", "lexical", r"tostas? mistas?", r"mistos?-quentes?", None, None),
-    ("terra-batida", "lexical", r"terra batida", r"saibro", None, None),
     ("espreitar", "lexical", r"espreit\w*", r"espi(?:ar|ando|ou|a|am)", None, None),
     ("as-riscas", "lexical", r"às riscas", r"listrad[oa]s?", None, None),
     ("chuva-miudinha", "lexical", r"chuva miudinha|morrinha", r"garoa", None, None),
@@ -311,13 +321,10 @@ PAIRS: list[tuple[str, str, str | None, str | None, float | None, float | None]]
      r"(?:o que|onde|quem|quando|como|porque|qual|quanto|quantos|quantas|que) é que",
      r"(?:o que|onde|quem|quando) que", 0.4, 1.2),
     ("faz-favor", "phrase", r"se faz favor|faz favor", r"por gentileza", 2.0, 0.8),
-    ("devidos-efeitos", "phrase", r"para os devidos efeitos", r"para os devidos fins",
-     None, None),
     ("assinale", "phrase", r"assinale com uma cruz", r"marque com um x", None, None),
     ("carregar-em", "phrase", r"carreg(?:ue|ar|a) em", None, 1.2, None),
     ("ha", "phrase", r"há", None, 0.3, None),
     ("gostava", "phrase", r"gostava (?:imenso|muito|de)", r"gostaria|adoraria", 0.5, 0.4),
-    ("vou-nessa", "phrase", None, r"vou nessa", None, None),
     # --- forms of address (kind "address")
     ("voce", "address", None, r"você|vc|cê", None, 1.2),
     ("a-gente", "address", None, r"a gente", None, None),
@@ -465,10 +472,14 @@ _TER = (r"tenho|tens|tem|temos|têm|tinha|tinhas|tínhamos|tinham|tive|teve|tive
 _RE_TER_DE = re.compile(rf"(?<![\w-])(?:{_TER})\s+de\s+(?:{_INF})(?![\w-])")
 _RE_TER_QUE = re.compile(rf"(?<![\w-])(?:{_TER})\s+que\s+(?:{_INF})(?![\w-])")
 _EXIST_DET = r"(?:um|uma|uns|umas|algum|alguma|alguns|algumas|muit[oa]s?|dois|duas|três|\d+)"
+# "quantas xícaras tem em cima da mesa?" is existential; "quantos anos tem a tua filha?" is
+# possessive in both varieties, so the "quantos X tem" form needs a place after it.
+_EXIST_PLACE = (r"(?:em|n[oa]s?|num|numa|aqui|ali|lá|aí|dentro|fora|sobre|perto|atrás|"
+                r"debaixo|embaixo|ao lado|à frente|na frente)")
 _RE_EXIST = re.compile(
     rf"(?:^|[.!?;:,]\s*|(?<![\w-])(?:n[oa]s?|aqui|ali|lá|também|ainda)\s+(?:\w+\s+)?)"
     rf"tem\s+{_EXIST_DET}(?![\w-])"
-    rf"|(?<![\w-])quant[oa]s\s+\w+\s+tem(?![\w-])")
+    rf"|(?<![\w-])quant[oa]s\s+\w+\s+tem\s+{_EXIST_PLACE}(?![\w-])")
 _RE_MOTION_EM = re.compile(
     r"(?<![\w-])(?:vou|vais|vai|vamos|vão|ir|chegar|chega|chegou|cheguei|chegaram|chegando|"
     r"levar|levo|leva|levou)\s+(?:(?:o|a|os|as)\s+\w+\s+)?(?:no|na|nos|nas)(?![\w-])")
@@ -651,7 +662,8 @@ def load_weights(path: str | Path | None = None) -> dict:
 
 
 def load_samples(path: str | Path | None = None, split: str | None = None) -> list[dict]:
-    """Labelled sentences `{"text", "label", "domain", "split"}`; `split` filters."""
+    """Labelled sentences `{"text", "label", "domain", "split", "pair"?}` of the sample
+    (default) or of `path`; `split` filters ("train" / "dev" in the sample)."""
     path = Path(path) if path else SAMPLE_PATH
     if not path.is_file():
         raise MissingInputError(f"variety sample not found: {path}")
@@ -663,18 +675,31 @@ def load_samples(path: str | Path | None = None, split: str | None = None) -> li
     return [r for r in rows if split is None or r.get("split") == split]
 
 
-def assign_splits(samples: list[dict], test_fraction: float = TEST_FRACTION) -> list[dict]:
-    """Deterministic split: within each (label, domain), the `test_fraction` of sentences
-    with the smallest sha256(text) go to "test", the rest to "train". Returns new dicts."""
-    groups: dict[tuple[str, str], list[int]] = {}
+def load_test_set(path: str | Path | None = None) -> list[dict]:
+    """The held-out test sentences (`data/variety_test.jsonl`, split "test"): written after
+    the cue list, never fitted or tuned on (see the module docstring)."""
+    return load_samples(path or TEST_PATH)
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def assign_splits(samples: list[dict], dev_fraction: float = DEV_FRACTION) -> list[dict]:
+    """Deterministic split by parallel pair: within each domain, the `dev_fraction` of
+    pairs (rows sharing `pair`; a row without one is its own pair) with the smallest
+    sha256(pair id) go to "dev", the rest to "train", so both versions of a sentence land
+    in the same split. Returns new dicts."""
+    groups: dict[str, dict[str, list[int]]] = {}
     for i, s in enumerate(samples):
-        groups.setdefault((s["label"], s.get("domain", "")), []).append(i)
+        key = str(s.get("pair") or f"text:{s['text']}")
+        groups.setdefault(s.get("domain", ""), {}).setdefault(key, []).append(i)
     split = ["train"] * len(samples)
-    for idx in groups.values():
-        ranked = sorted(idx, key=lambda i: hashlib.sha256(
-            samples[i]["text"].encode("utf-8")).hexdigest())
-        for i in ranked[: round(test_fraction * len(idx))]:
-            split[i] = "test"
+    for pairs in groups.values():
+        ranked = sorted(pairs, key=lambda k: hashlib.sha256(k.encode("utf-8")).hexdigest())
+        for key in ranked[: round(dev_fraction * len(ranked))]:
+            for i in pairs[key]:
+                split[i] = "dev"
     return [{**s, "split": sp} for s, sp in zip(samples, split, strict=True)]
 
 
@@ -756,11 +781,12 @@ def _r(v: float) -> float:
 def fit(samples: list[dict] | None = None, config: dict | None = None,
         margin: float = DEFAULT_MARGIN) -> dict:
     """Fit cue strengths on the train split; return the weights document (JSON-ready),
-    with calibration (Brier, ECE, log loss, accuracy) on the held-out split."""
+    with calibration (Brier, ECE, log loss, accuracy) on the train and dev splits (the
+    held-out test set is never read here)."""
     samples = load_samples() if samples is None else samples
     cfg = {**FIT_CONFIG, **(config or {})}
     train = [r for r in samples if r.get("split") == "train"]
-    test = [r for r in samples if r.get("split") == "test"]
+    dev = [r for r in samples if r.get("split") == "dev"]
     if not train:
         raise ConfigError("no train split in the variety sample", "assign_splits(samples)")
     names = [c.name for c in CUES]
@@ -775,7 +801,7 @@ def fit(samples: list[dict] | None = None, config: dict | None = None,
         "feature_cap": FEATURE_CAP,
         "margin": margin,
         "bias": _r(res["bias"]),
-        "fit": {**cfg, "n_train": len(train), "n_test": len(test),
+        "fit": {**cfg, "n_train": len(train), "n_dev": len(dev),
                 "data_sha256": hashlib.sha256("\n".join(
                     json.dumps(r, ensure_ascii=False, sort_keys=True) for r in samples
                 ).encode("utf-8")).hexdigest()},
@@ -784,7 +810,7 @@ def fit(samples: list[dict] | None = None, config: dict | None = None,
     }
     det = CueDetector(weights)
     weights["calibration"] = {split: _calibration(det, rows)
-                              for split, rows in (("train", train), ("test", test)) if rows}
+                              for split, rows in (("train", train), ("dev", dev)) if rows}
     return weights
 
 
@@ -796,7 +822,9 @@ def _calibration(det: CueDetector, rows: list[dict]) -> dict:
                          for s, t in zip(scores, y, strict=True)]))
     labels = [c["label"] for c in det.classify([r["text"] for r in rows])]
     acc = float(np.mean([lab == r["label"] for lab, r in zip(labels, rows, strict=True)]))
-    return {"n": len(rows), "accuracy": _r(acc), "brier": _r(brier_score(scores, y)),
+    coverage = float(np.mean([lab != UNKNOWN for lab in labels]))
+    return {"n": len(rows), "accuracy": _r(acc), "coverage": _r(coverage),
+            "brier": _r(brier_score(scores, y)),
             "ece": _r(expected_calibration_error(scores, y)), "log_loss": _r(ll)}
 
 

@@ -1,8 +1,11 @@
 """Measure a variety detector, and the line-in / JSON-out face of `amalia-vl variety`.
 
 - `evaluate_detector(detector, samples)`: accuracy, macro-F1, per-class precision/recall/
-  F1, unknown rate, Brier score and ECE of P(pt-PT) against gold labels. An `unknown`
-  prediction counts as wrong (it lowers recall of the gold class, not anyone's precision).
+  F1, coverage / unknown rate, accuracy on covered, Brier score and ECE of P(pt-PT)
+  against gold labels. This is the one definition every bench uses: an `unknown`
+  prediction counts as wrong for `accuracy` (it lowers recall of the gold class, not
+  anyone's precision); `coverage` is the share of texts given a variety and
+  `accuracy_on_covered` the accuracy on those alone.
 - `classify_lines(lines, detector)`: one `{"text", "label", "score"}` per input line, in
   order, batched; an empty line gives `unknown`.
 - `variety_command(stdin, stdout, kind, model)`: reads lines from `stdin`, writes one JSON
@@ -55,7 +58,7 @@ def evaluate_detector(detector: VarietyDetector, samples: Iterable[dict],
         fp = sum(g != c and p == c for g, p in zip(gold, labels, strict=True))
         fn = sum(g == c and p != c for g, p in zip(gold, labels, strict=True))
         per_class[c] = {**_prf(tp, fp, fn), "support": sum(g == c for g in gold)}
-    decided = [(g, p) for g, p in zip(gold, labels, strict=True) if p != UNKNOWN]
+    covered = [(g, p) for g, p in zip(gold, labels, strict=True) if p != UNKNOWN]
     y = [1.0 if g == PT_PT else 0.0 for g in gold]
     return {
         "detector": getattr(detector, "name", type(detector).__name__),
@@ -65,8 +68,9 @@ def evaluate_detector(detector: VarietyDetector, samples: Iterable[dict],
         "macro_f1": round(sum(m["f1"] for m in per_class.values()) / len(LABELS), 6),
         "per_class": per_class,
         "unknown_rate": round(labels.count(UNKNOWN) / n, 6) if n else 0.0,
-        "accuracy_on_decided": round(sum(g == p for g, p in decided) / len(decided), 6)
-        if decided else 0.0,
+        "coverage": round(len(covered) / n, 6) if n else 0.0,
+        "accuracy_on_covered": round(sum(g == p for g, p in covered) / len(covered), 6)
+        if covered else 0.0,
         "brier": round(brier_score(scores, y), 6),
         "ece": round(expected_calibration_error(scores, y), 6),
         "confusion": {g: {p: sum(a == g and b == p for a, b in zip(gold, labels, strict=True))
