@@ -94,7 +94,7 @@ def write_manifest(
     manifest = {
         "stage": stage,
         "started": started,
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "inputs": inputs,
         "outputs": files,
         "outputs_digest": tree_digest(files),

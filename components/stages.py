@@ -136,7 +136,7 @@ def run_stage(
     if ctx.out_dir.exists():
         shutil.rmtree(ctx.out_dir)  # a re-run replaces the stage's outputs whole
     ctx.out_dir.mkdir(parents=True)
-    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     output = spec.function()(ctx)
     manifest = write_manifest(
         ctx.out_dir, name, inputs=inputs, counts=output.counts, metrics=output.metrics,

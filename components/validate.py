@@ -74,7 +74,7 @@ from pydantic import ValidationError
 from components.errors import DataQualityError, MissingInputError
 from components.ingest import InputSpec, Item, iter_items, parse_spec
 from components.ingest import sources as src
-from components.ingest.normalise import normalise
+from components.ingest.normalise import TEST_SPLITS, normalise
 from components.records import PLACEHOLDER, Record, ShardWriter, record_arrow_schema
 from components.settings import Settings, ValidateSettings
 from components.stages import StageContext, StageOutput
@@ -132,17 +132,21 @@ def suite_of(rec: Record) -> str:
 # ----------------------------------------------------------------------------- images
 
 
-def phash_int(rgb: Image.Image, exact: bool = False) -> int:
+# rows 0..7 of the unnormalised DCT-II matrix of size 32 (`scipy.fftpack.dct`'s type 2):
+# the low 8x8 coefficients are `_DCT8 @ X @ _DCT8.T`, without importing scipy (1.3 s)
+_DCT8 = 2 * np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(32) + 1) / 64)
+PHASH_SIDE = 32
+
+
+def phash_int(image: Image.Image, exact: bool = False) -> int:
     """64-bit perceptual hash as an int: `imagehash.phash` (DCT of a 32x32 greyscale LANCZOS
     thumbnail, low 8x8 coefficients against their median). `exact=True` is bit for bit
     imagehash; the default shrinks with Pillow's `reducing_gap=2` first (5x faster on 256 px
     images; the same bits for ~96% of images, at most 2 bits apart otherwise)."""
-    import scipy.fftpack
-
-    grey = rgb.convert("L")
-    small = grey.resize((32, 32), Image.Resampling.LANCZOS,
+    grey = image if image.mode == "L" else image.convert("L")
+    small = grey.resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS,
                         reducing_gap=None if exact else 2.0)
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(np.asarray(small), axis=0), axis=1)[:8, :8]
+    dct = _DCT8 @ np.asarray(small, dtype=np.float64) @ _DCT8.T
     bits = (dct > np.median(dct)).ravel()
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
@@ -183,12 +187,17 @@ def inspect_image(data: bytes, cfg: ValidateSettings, embed: bool) -> ImageFacts
                 # image must then be reopened to decode. For the others verify is a no-op.
                 img.verify()
                 img = Image.open(io.BytesIO(data))
-            width, height = img.size
+            width, height, mode = img.width, img.height, img.mode
             if max(width, height) > cfg.max_image_side:
-                return ImageFacts(("image_too_large",), width, height, img.mode)
+                return ImageFacts(("image_too_large",), width, height, mode)
+            if img.format == "JPEG" and mode == "RGB":
+                # kept as is (no conversion), so only the pHash reads pixels: let libjpeg
+                # decode greyscale at 1/2..1/8 scale. It still reads every entropy-coded
+                # block (a truncated or corrupt file fails `load` as before); the hash is
+                # within 2 bits of a full decode's (3x faster on 256 px photos).
+                img.draft("L", (PHASH_SIDE, PHASH_SIDE))
             img.load()
-            mode = img.mode
-            rgb = to_rgb(img)
+            pixels = img if mode == "RGB" else to_rgb(img)  # drafted JPEGs read as L
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return ImageFacts(("image_unreadable",))
     reasons = []
@@ -205,9 +214,9 @@ def inspect_image(data: bytes, cfg: ValidateSettings, embed: bool) -> ImageFacts
             embedded = data
         else:
             buf = io.BytesIO()
-            rgb.save(buf, format="PNG", compress_level=1)
+            pixels.save(buf, format="PNG", compress_level=1)
             embedded = buf.getvalue()
-    return ImageFacts((), width, height, mode, phash_int(rgb), digest, embedded)
+    return ImageFacts((), width, height, mode, phash_int(pixels), digest, embedded)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -565,6 +574,19 @@ class EvalHash(NamedTuple):
     digest: str
 
 
+def _may_be_test(item: Item, spec: InputSpec) -> bool:
+    """False only when a JSON-text row cannot be `split: test`: no test-split name appears
+    in it as a JSON string and the input sets no test split. Spares the first pass a full
+    parse of every training row."""
+    if not isinstance(item.payload, str):
+        return True
+    split = spec.defaults().get("split")
+    if isinstance(split, str) and split.lower() in TEST_SPLITS:
+        return True
+    text = item.payload.lower()
+    return any(f'"{name}"' in text for name in TEST_SPLITS)
+
+
 def hash_eval_chunk(chunk: list[tuple[int, Item]]) -> list[EvalHash]:
     """Worker entry point of the first pass: hashes of the test-split images of a chunk
     (index -1: a bare eval image file, `payload` = its locator)."""
@@ -576,6 +598,8 @@ def hash_eval_chunk(chunk: list[tuple[int, Item]]) -> list[EvalHash]:
             spec = InputSpec(location="", format="images")
         else:
             spec = config.specs[index]
+            if not _may_be_test(item, spec):
+                continue
             parsed = parse_item(item, spec)
             if parsed.rec is None or parsed.rec.split != "test":
                 continue
@@ -947,7 +971,8 @@ def validate_stream(settings: Settings, out: Path, progress: bool = False,
                           endpoint=settings.ingest.s3_endpoint_url)
     config.eval_index = build_eval_index(settings, config)
     out.mkdir(parents=True, exist_ok=True)
-    sinks = Sinks(out, settings, GxRunner(settings, (out / "gx_docs").resolve()) if with_gx else None)
+    gx = GxRunner(settings, (out / "gx_docs").resolve()) if with_gx else None
+    sinks = Sinks(out, settings, gx)
     tally = Tally()
     seen_ids: set[int] = set()
     seen_records: set[int] = set()

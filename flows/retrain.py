@@ -13,7 +13,6 @@ set) or deploy it to a work pool (see README "Scale out").
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 from typing import Any
 
