@@ -243,3 +243,72 @@ def test_tiny_model_answers_the_chartqa_parquet(chart_parquet, tmp_path) -> None
     scored = score_task(task, raw, make_detector("cues"))
     assert 0.0 <= scored.result["score"] <= 1.0 and scored.result["n"] == 5
     assert scored.result["dialect"]["n"] == 5 and len(scored.labels) == 5
+
+
+def test_ai2d_scores_the_extracted_letter_and_realworldqa_chance(tmp_path) -> None:
+    rows = [{"image": image(), "question": "Qual é a capital?", "answer": "1",
+             "options": ["Porto", "Lisboa", "Faro"]}] * 3
+    task = prepare_task(TASKS["ai2d_pt"], run_dir=None, data_root=None, cache_dir=tmp_path,
+                        location=str(write_parquet(tmp_path / "ai2d.parquet", rows)))
+    scored = score_task(task, ["B. Lisboa", "B", "Lisboa"])
+    assert scored.predictions == ["B", "B", "Lisboa"]
+    assert scored.item_scores == [1.0, 1.0, 0.0]  # exact_match, as lmms-eval's filter
+    assert scored.result["metrics"]["mc_accuracy"] == 1.0
+    assert scored.result["chance"] == pytest.approx(1 / 3)
+
+    rows = [{"image": image(), "answer": "C", "question": "Para onde?\nA. Esquerda\n"
+             "B. Em frente\nC. Direita\nResponde diretamente com a letra."},
+            {"image": image(), "answer": "2", "question": "Quantos carros há?"}]
+    task = prepare_task(TASKS["realworldqa_pt"], run_dir=None, data_root=None,
+                        cache_dir=tmp_path, location=str(write_parquet(tmp_path / "r.parquet",
+                                                                       rows)))
+    assert score_task(task, ["(C)", "2"]).result["chance"] == pytest.approx((1 / 3 + 0) / 2)
+
+
+def test_stop_strings_go_to_generate() -> None:
+    from components.evaltasks.harness import StopAt
+
+    class Fake:
+        training = False
+
+        def generate(self, *args, **kwargs):
+            return kwargs
+
+    runner = StopAt(Fake(), ["ASSISTANT:"], tokenizer="tok")
+    assert runner.generate(max_new_tokens=3) == {
+        "max_new_tokens": 3, "stop_strings": ["ASSISTANT:"], "tokenizer": "tok"}
+    assert runner.training is False  # everything else is the model's
+
+
+def test_tiny_model_stops_at_the_tasks_stop_strings(chart_parquet, tmp_path,
+                                                    monkeypatch) -> None:
+    from components.evaltasks.prompts import extract_answer
+    from components.model.build import build_tiny_model
+    from components.settings import load_settings
+
+    texts = [r["question"] for r in CHART_ROWS] + [r["answer"] for r in CHART_ROWS]
+    model, processor = build_tiny_model(load_settings("tiny"), texts * 3)
+    task = prepare_task(TASKS["chartqa_pt"], run_dir=None, data_root=None,
+                        cache_dir=tmp_path, location=str(chart_parquet))
+    free = generate(model, processor, task, max_new_tokens=8, batch_size=5)
+    # the untrained model writes bytes; stop at a letter it writes after its first character
+    stop = next((ch for a in free for ch in a[1:-1] if ch.isascii() and ch.isalnum()), None)
+    if stop is None:
+        pytest.skip("the tiny model wrote no letter to stop at")
+    task.spec = TASKS["chartqa_pt"].model_copy(update={
+        "generation": TASKS["chartqa_pt"].generation.model_copy(update={"until": [stop]})})
+    calls = []
+    original = model.generate
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    stopped = generate(model, processor, task, max_new_tokens=8, batch_size=5)
+    assert calls and calls[0]["stop_strings"] == [stop]
+    assert calls[0]["tokenizer"] is processor.tokenizer
+    # decoding ends at the stop string; the scored answer is the same either way
+    assert any(len(s) < len(f) for s, f in zip(stopped, free, strict=True))
+    assert [extract_answer(task.spec, s) for s in stopped] == \
+        [extract_answer(task.spec, f) for f in free]

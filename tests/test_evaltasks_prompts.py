@@ -120,3 +120,30 @@ def test_extraction_stops_first_line_and_regex() -> None:
     assert extract_answer(boxed, "sem caixa") == "sem caixa"
     rwqa = TASKS["realworldqa_pt"]
     assert extract_answer(rwqa, "A resposta é (B).") == "B"
+
+
+def test_ai2d_cuts_the_option_letter_like_lmms_eval_flexible_extract() -> None:
+    from components.metrics import get_metric
+
+    ai2d = TASKS["ai2d_pt"]
+    # lmms-eval ai2d MultiChoiceRegexFilter: a leading "X." is the letter, else kept as is
+    assert extract_answer(ai2d, "B. Porto") == "B"
+    assert extract_answer(ai2d, "  C. Coimbra, a cidade dos estudantes") == "C"
+    assert extract_answer(ai2d, "B") == "B"
+    assert extract_answer(ai2d, "Porto") == "Porto"
+    exact = get_metric(ai2d.primary_metric)
+    assert exact.score(extract_answer(ai2d, "B. Porto"), ["B"]) == 1.0
+
+
+def test_chance_from_options_listed_in_the_question() -> None:
+    from components.evaltasks.prompts import chance_of, options_in_text
+
+    three = "Para onde vira o carro?\nA. Esquerda\nB. Em frente\nC. Direita\nResponde com a letra."
+    assert options_in_text(three) == 3
+    assert options_in_text("Qual?\n(A) sim\n(B) não") == 2
+    assert options_in_text("Quantos carros há? Responde com um número.") == 0
+    assert options_in_text("B. só a segunda\nC. e a terceira") == 0  # must start at A
+    rwqa = TASKS["realworldqa_pt"]
+    assert chance_of(rwqa, None, {"question": three}) == pytest.approx(1 / 3)
+    assert chance_of(rwqa, None, {"question": "Quantos carros há?"}) == 0.0
+    assert chance_of(_spec(chance="options"), ["a", "b", "c", "d"]) == 0.25

@@ -131,3 +131,26 @@ def test_extra_task_dirs_add_tasks_and_groups(tmp_path) -> None:
     (tmp_path / "dup.yaml").write_text(GOOD.replace("my_task", "count"))
     with pytest.raises(ConfigError, match="defined twice"):
         load_tasks([str(tmp_path)])
+
+
+def test_score_scale_defaults_to_the_headline_metrics_best_and_never_below_it(tmp_path) -> None:
+    tasks = load_tasks()
+    for spec in tasks.values():
+        assert spec.score_scale >= METRICS[spec.primary_metric].best, spec.task
+    # CIDEr-D runs 0-10: caption summaries are a fraction of 10, not of 1
+    assert tasks["coco2017_cap_val_pt"].score_scale == 10.0
+    assert tasks["refcoco_bbox_test_pt"].score_scale == 10.0
+    assert tasks["mme_pt"].score_scale == 2800.0 and tasks["chartqa_pt"].score_scale == 1.0
+    (tmp_path / "cap.yaml").write_text(GOOD.replace("metrics: [anls]", "metrics: [cider]"))
+    assert load_tasks([str(tmp_path)])["my_task"].score_scale == 10.0
+    (tmp_path / "cap.yaml").write_text(GOOD.replace("metrics: [anls]", "metrics: [cider]")
+                                       + "score_scale: 1.0\n")
+    with pytest.raises(ConfigError, match="below the best possible cider score"):
+        load_tasks([str(tmp_path)])
+
+
+def test_pope_chance_is_what_always_yes_scores() -> None:
+    spec = load_tasks()["pope_pt"]
+    gold = [["sim"], ["não"]] * 50  # POPE's balanced split
+    always_yes = METRICS[spec.primary_metric].evaluate(["Sim."] * len(gold), gold)
+    assert spec.chance == pytest.approx(always_yes.score) == pytest.approx(2 / 3)

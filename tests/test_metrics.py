@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
+import time
 
 import pytest
 
@@ -30,11 +32,13 @@ from components.metrics.score_file import (
 from components.metrics.text import (
     anls,
     exact_match,
+    levenshtein,
     normalise_yes_no,
     ocrbench_accuracy,
     parse_number,
     relaxed_accuracy,
     token_f1,
+    yes_no_accuracy,
 )
 from components.metrics.vqa import normalise_vqa_answer, vqa_accuracy
 
@@ -91,14 +95,75 @@ def test_vqa_fewer_than_ten_answers():
 def test_anls_worked_examples():
     assert anls("The Lord", ["the lord"]) == 1.0
     assert anls("  the   lord ", ["The Lord"]) == 1.0
-    # "abcde" vs "abxyz": 3 edits / 5 = NL 0.6 >= 0.5 -> 0
+    # "abcde" vs "abxyz": 3 edits / 5 = NL 0.6 -> 1 - 0.6 = 0.4 < 0.5 -> 0
     assert anls("abxyz", ["abcde"]) == 0.0
     # one edit in five: NL 0.2 -> 0.8
     assert anls("abcdx", ["abcde"]) == pytest.approx(0.8)
-    # NL exactly 0.5 is not below the threshold -> 0
-    assert anls("abxy", ["abcd"]) == 0.0
-    # max over answers
+    # NL exactly 0.5: lmms-eval keeps 1 - 0.5 = 0.5 (only a score *below* 0.5 becomes 0)
+    assert anls("abxy", ["abcd"]) == 0.5
+    # max over answers (= 1 - min NL)
     assert anls("abcdx", ["zzzzz", "abcde"]) == pytest.approx(0.8)
+    # lengths are the raw strings' (lmms-eval): "abxy   " has 7 characters, so the 2 edits
+    # between "abxy" and "abcd" give NL 2/7, not 2/4
+    assert anls("abxy   ", ["abcd"]) == pytest.approx(1 - 2 / 7)
+    assert anls("", [""]) == 1.0
+
+
+def _lmms_eval_anls(references: list[str], prediction: str, thresh_hold: float = 0.5) -> float:
+    """lmms-eval `lmms_eval/api/metrics.py::anls` (and its pure-Python `levenshtein_distance`),
+    transcribed literally as the reference the port must equal."""
+
+    def levenshtein_distance(s1, s2):
+        if len(s1) > len(s2):
+            s1, s2 = s2, s1
+        distances = range(len(s1) + 1)
+        for i2, c2 in enumerate(s2):
+            distances_ = [i2 + 1]
+            for i1, c1 in enumerate(s1):
+                if c1 == c2:
+                    distances_.append(distances[i1])
+                else:
+                    distances_.append(1 + min((distances[i1], distances[i1 + 1], distances_[-1])))
+            distances = distances_
+        return distances[-1]
+
+    values = []
+    for answer in references:
+        gt_answer = " ".join(answer.strip().lower().split())
+        det_answer = " ".join(prediction.strip().lower().split())
+        dist = levenshtein_distance(gt_answer, det_answer)
+        length = max(len(answer.upper()), len(prediction.upper()))
+        values.append(0.0 if length == 0 else float(dist) / float(length))
+    question_result = 1 - min(values)
+    if question_result < thresh_hold:
+        question_result = 0
+    return question_result
+
+
+def test_anls_equals_lmms_eval_on_random_strings():
+    rng = random.Random(7)
+    alphabet = "abcçãéß  Lx\t"  # ß: upstream measures len(x.upper()), "SS"
+    for _ in range(300):
+        pred = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
+        refs = [
+            "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
+            for _ in range(rng.randint(1, 3))
+        ]
+        assert anls(pred, refs) == pytest.approx(_lmms_eval_anls(refs, pred), abs=1e-12)
+
+
+def test_levenshtein_is_exact_and_fast():
+    assert levenshtein("kitten", "sitting") == 3
+    assert levenshtein("", "abc") == 3
+    assert levenshtein("coração", "coracao") == 2
+    rng = random.Random(0)
+    a = "".join(rng.choice("abcdefghij ") for _ in range(3000))
+    b = "".join(rng.choice("abcdefghij ") for _ in range(3000))
+    start = time.perf_counter()
+    distance = levenshtein(a, b)
+    # a pure-Python O(n*m) loop takes ~2 s for this pair; rapidfuzz takes milliseconds
+    assert time.perf_counter() - start < 0.25
+    assert 0 < distance <= 3000
 
 
 # ---------------------------------------------------------------- relaxed accuracy
@@ -149,6 +214,27 @@ def test_token_f1_squad_style():
     assert token_f1("o", ["a"]) == 1.0  # both empty after article removal (SQuAD v2 rule)
 
 
+def test_portuguese_yes_no_is_canonical_across_text_metrics():
+    assert relaxed_accuracy("Sim", ["Yes"]) == 1.0
+    assert relaxed_accuracy("não.", ["No"]) == 1.0
+    assert relaxed_accuracy("Sim", ["No"]) == 0.0
+    assert exact_match("Sim.", ["yes"]) == 1.0
+    assert exact_match("NÃO", ["No"]) == 1.0
+    assert exact_match("nao", ["não"]) == 1.0
+    assert exact_match("Sim, há um gato", ["yes"]) == 0.0  # whole answers only
+    assert token_f1("Sim", ["Yes"]) == 1.0
+    assert yes_no_accuracy("Sim", ["Yes"]) == 1.0
+
+
+def test_mme_parse_no_prefix_is_not_the_portuguese_contraction():
+    # MME's rule reads "no" in the first 4 characters; "No sofá" is em+o, not a "no"
+    assert normalise_yes_no("No sofá há um gato") is None
+    assert normalise_yes_no("No.") == "no"
+    assert normalise_yes_no("No, não há nenhum gato.") == "no"
+    assert normalise_yes_no("No there is not") == "no"  # English context: upstream rule
+    assert normalise_yes_no("Nope") == "no"
+
+
 def test_yes_no_normalisation():
     assert normalise_yes_no("Sim, há um gato.") == "yes"
     assert normalise_yes_no("Não.") == "no"
@@ -179,12 +265,23 @@ OPTIONS = ["Porto", "Lisboa", "Coimbra", "Faro"]
         ("Eu acho que a capital de Portugal é Lisboa, claramente", "B"),
         ("(A) parece certo, mas a resposta é (C)", "C"),
         ("A cidade é Lisboa, que fica no centro do país", "B"),  # "A" is an article here
+        ("O Porto é a resposta", "A"),  # one option's text, as whole words
+        ("A cidade é Lisboa", "B"),
+        ("Lisboa ou Porto", None),  # two options: ambiguous
+        ("Portola", None),  # not as a whole word
         ("The answer is a dog", None),
         ("não sei", None),
     ],
 )
 def test_parse_multi_choice(response, letter):
     assert parse_multi_choice(response, OPTIONS) == letter
+
+
+def test_mc_option_text_inside_a_longer_option_and_one_letter_options():
+    nested = ["Porto", "Porto Santo", "Faro"]
+    assert parse_multi_choice("Fica no Porto Santo", nested) == "B"
+    assert parse_multi_choice("Fica no Porto", nested) == "A"
+    assert parse_multi_choice("diria que é a", ["a", "b"]) is None  # letters are not searched
 
 
 def test_mc_fallback_is_deterministic():
@@ -238,6 +335,13 @@ def test_pope_label_rule():
     assert pope_label("Sim, há um gato no sofá.") == "yes"
     assert pope_label("Há um gato no sofá.") == "yes"  # pt contraction "no", not negation
     assert pope_label("No!") == "no"
+    # pt-PT negative pronouns
+    assert pope_label("Nenhum gato.") == "no"
+    assert pope_label("Nenhuma.") == "no"
+    assert pope_label("Nada.") == "no"
+    assert pope_label("Na imagem não há nenhum cão.") == "no"
+    assert pope_label("Vejo nada de especial") == "no"
+    assert pope_label("No sofá está um gato.") == "yes"
 
 
 def test_pope_confusion_matrix_by_hand():
@@ -403,6 +507,17 @@ def test_box_coordinate_spaces():
 
 
 # ---------------------------------------------------------------- registry and files
+
+
+def test_best_possible_scores():
+    assert get_metric("cider").best == 10.0
+    assert get_metric("mme").best == 2800.0
+    assert get_metric("mme_perception").best + get_metric("mme_cognition").best == 2800.0
+    assert get_metric("anls").best == get_metric("bleu4").best == 1.0
+    # CIDEr-D cannot exceed 10: a candidate equal to all its references scores 10 when
+    # every n-gram order has n-grams
+    result = cider_corpus(["a b c d e", "f g h i j"], [["a b c d e"], ["f g h i j"]])
+    assert result.scores == pytest.approx([10.0, 10.0])
 
 
 def test_registry_names():

@@ -5,8 +5,9 @@
   that cannot be used (no image, no reference, unreadable image) are dropped and counted
   with their reasons; an unreachable dataset raises `TaskUnavailable` (reported as skipped).
 - `generate(model, processor, task, ...)`: batched greedy answers through
-  `components.inference.generate_answers` (progress bar included), cut by the task's stop
-  strings and extraction.
+  `components.inference.generate_answers` (progress bar included); the task's stop strings
+  go to `model.generate` as `stop_strings` (decoding ends there; `score_task` still cuts
+  the text at them and applies the extraction).
 - `score_task(task, raw)`: every metric of the task through `components.metrics` (the
   first is the headline `score`), per-item headline scores, an optional breakdown, and
   the dialect fidelity of the raw answers.
@@ -115,7 +116,7 @@ def prepare_task(
         group = str(doc.get(f.breakdown)) if f.breakdown else None
         task.samples.append(Sample(sid, prompt, image, size, n_images, answers, options,
                                    metric_extras(spec, doc, options, size),
-                                   chance_of(spec, options), group))
+                                   chance_of(spec, options, doc), group))
     if not task.samples:
         reasons = "; ".join(task.drop_reasons) or "no documents"
         raise TaskUnavailable(f"no usable samples in {where} ({reasons})")
@@ -128,13 +129,34 @@ def max_new_tokens_for(spec: TaskSpec, default: int, cap: int | None = None) -> 
     return min(n, cap) if cap else n
 
 
+class StopAt:
+    """`model` with `stop_strings` (and the tokenizer they need) added to every `generate`
+    call; everything else is the model's own. `generate_answers` takes no generation
+    keywords, so the stop strings travel with the model."""
+
+    def __init__(self, model, stop_strings: list[str], tokenizer):
+        self._model = model
+        self._stop = list(stop_strings)
+        self._tokenizer = tokenizer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    def generate(self, *args, **kwargs):
+        return self._model.generate(*args, stop_strings=self._stop, tokenizer=self._tokenizer,
+                                    **kwargs)
+
+
 def generate(model, processor, task: PreparedTask, *, max_new_tokens: int, batch_size: int,
              progress: bool = False) -> list[str]:
-    """Raw greedy generations for every sample of `task`, in order."""
+    """Raw greedy generations for every sample of `task`, in order; decoding of a sample
+    ends at the task's stop strings (`generation.until`) or `max_new_tokens`."""
     from components.inference import generate_answers
 
+    stop = [s for s in task.spec.generation.until if s]
+    runner = StopAt(model, stop, processor.tokenizer) if stop else model
     items = [(s.image, s.prompt) for s in task.samples]
-    return generate_answers(model, processor, items, max_new_tokens=max_new_tokens,
+    return generate_answers(runner, processor, items, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, progress=progress)
 
 

@@ -163,8 +163,27 @@ def extract_answer(spec: TaskSpec, text: str) -> str:
     return out.strip()
 
 
-def chance_of(spec: TaskSpec, options: list[str] | None) -> float:
-    """Expected headline score of guessing for one item (`chance: options` = 1/#options)."""
+_OPTION_LINE = re.compile(r"^\s*\(?([A-Z])[.)]\s+\S", re.MULTILINE)
+
+
+def options_in_text(text: str) -> int:
+    """How many options "A. ...", "B) ...", "(C) ..." are listed, one per line, in `text`
+    (consecutive letters from A; 0 when there is no such list)."""
+    letters = {m.group(1) for m in _OPTION_LINE.finditer(text or "")}
+    n = 0
+    while n < len(LETTERS) and LETTERS[n] in letters:
+        n += 1
+    return n
+
+
+def chance_of(spec: TaskSpec, options: list[str] | None,
+              doc: Mapping[str, Any] | None = None) -> float:
+    """Expected headline score of guessing for one item: `options` = 1/#options,
+    `options_in_question` = 1/#options listed in the question text (0 with fewer than 2)."""
     if spec.chance == "options":
         return 1.0 / len(options) if options else 0.0
+    if spec.chance == "options_in_question":
+        question = str((doc or {}).get(spec.fields.question or "") or "")
+        n = options_in_text(question)
+        return 1.0 / n if n >= 2 else 0.0
     return float(spec.chance)

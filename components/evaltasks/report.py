@@ -2,8 +2,8 @@
 
 Inputs are the `comparison` mapping the evaluate stage writes: `{model: {task: entry,
 "_summary": {...}}}`, each entry with `score`, `chance`, `n`, `metric`, `scale` and
-`dialect`. Scores on other scales (MME out of 2800) are plotted as a fraction of their
-`scale`, so every bar reads 0-1.
+`dialect`. Scores on other scales (MME out of 2800, CIDEr-D out of 10) are plotted as a
+fraction of their `scale`, so every bar reads 0-1.
 """
 
 from __future__ import annotations

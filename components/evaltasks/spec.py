@@ -8,7 +8,10 @@ A task says where its documents come from (`dataset`), which document fields hol
 image(s), question, references and options (`fields`), how the pt-PT prompt is built
 (`prompt`), how the answer is cut out of the generation (`extract`), how long greedy
 generation may run (`generation`), which standard metrics score it (`metrics`, names of
-`components.metrics`; the first is the headline score), and its chance level. Every key is
+`components.metrics`; the first is the headline score), its chance level and its score
+scale (`score_scale`: the best possible headline score, by default the headline metric's
+`best`: 10 for CIDEr-D, 2800 for MME, else 1; summaries divide by it, so a scale below
+the metric's best is refused). Every key is
 validated (unknown keys are errors), so a typo fails when the suite is loaded, not after
 an hour of generation.
 
@@ -23,7 +26,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from components.errors import ConfigError
 
@@ -123,8 +133,9 @@ class ExtractSpec(_Strict):
 class GenerationSpec(_Strict):
     """Greedy generation settings (lmms-eval `generation_kwargs`).
 
-    `max_new_tokens` null = `settings.evaluate.max_new_tokens`. `until`: stop strings, cut
-    after generation. Sampling is refused: every score here is a greedy score.
+    `max_new_tokens` null = `settings.evaluate.max_new_tokens`. `until`: stop strings, given
+    to `generate` (transformers' `stop_strings`, so decoding ends there) and cut off the
+    text afterwards. Sampling is refused: every score here is a greedy score.
     """
 
     max_new_tokens: int | None = Field(None, ge=1)
@@ -153,7 +164,12 @@ class SourceSpec(_Strict):
 
 
 class TaskSpec(_Strict):
-    """One evaluation task (see the module docstring)."""
+    """One evaluation task (see the module docstring).
+
+    `chance`: the expected headline score of a guess: a number, `options` (1 / number of
+    options of each document) or `options_in_question` (1 / number of "A." / "(A)" option
+    lines written inside the question, 0 for a question without them: RealWorldQA).
+    """
 
     task: str
     title: str
@@ -165,7 +181,7 @@ class TaskSpec(_Strict):
     generation: GenerationSpec = GenerationSpec()
     visual: VisualSpec = VisualSpec()
     metrics: list[str] = Field(min_length=1)
-    chance: float | Literal["options"] = 0.0
+    chance: float | Literal["options", "options_in_question"] = 0.0
     score_scale: float = Field(1.0, gt=0, description="the best possible headline score")
     source: SourceSpec = SourceSpec()
     notes: str = ""
@@ -187,6 +203,30 @@ class TaskSpec(_Strict):
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; known: {', '.join(sorted(METRICS))}")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_scale(cls, data: Any) -> Any:
+        """No `score_scale` given: the headline metric's best possible score."""
+        if not isinstance(data, dict) or data.get("score_scale") is not None:
+            return data
+        from components.metrics import METRICS
+
+        metrics = data.get("metrics")
+        first = metrics[0] if isinstance(metrics, list) and metrics else None
+        if isinstance(first, str) and first in METRICS:
+            return {**data, "score_scale": METRICS[first].best}
+        return data
+
+    @model_validator(mode="after")
+    def _scale_reaches_best(self) -> TaskSpec:
+        from components.metrics import METRICS
+
+        best = METRICS[self.primary_metric].best
+        if self.score_scale < best:
+            raise ValueError(f"score_scale {self.score_scale} is below the best possible "
+                             f"{self.primary_metric} score {best}: summaries would exceed 1")
+        return self
 
     @property
     def primary_metric(self) -> str:

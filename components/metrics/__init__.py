@@ -13,7 +13,8 @@ the official definition it follows and lists where and why it deviates:
 - `captions.py` bleu4, rouge_l, cider (corpus)     coco-caption
 - `boxes.py`    box_iou_accuracy, box_iou          RefCOCO ACC@0.5
 
-Per-item extra fields a metric reads are listed in its `fields`.
+Per-item extra fields a metric reads are listed in its `fields`; the highest score it can
+give is its `best` (10 for CIDEr-D, 2800 for MME, else 1).
 """
 
 from __future__ import annotations
@@ -50,18 +51,18 @@ _ALL = [
     ],
     Metric("mme", "MME total: perception + cognition, subtask score (acc + acc+) * 100",
            mme.mme_correct, corpus=mme.mme_corpus("total"),
-           fields=("category", "question_id", "image_id")),
+           fields=("category", "question_id", "image_id"), best=2800.0),
     Metric("mme_perception", "MME perception: sum of the 10 perception subtask scores",
            mme.mme_correct, corpus=mme.mme_corpus("perception"),
-           fields=("category", "question_id", "image_id")),
+           fields=("category", "question_id", "image_id"), best=2000.0),
     Metric("mme_cognition", "MME cognition: sum of the 4 cognition subtask scores",
            mme.mme_correct, corpus=mme.mme_corpus("cognition"),
-           fields=("category", "question_id", "image_id")),
+           fields=("category", "question_id", "image_id"), best=800.0),
     Metric("bleu4", "corpus BLEU-4 as coco-caption computes it", captions.sentence_bleu4,
            corpus=captions.bleu_corpus),
     Metric("rouge_l", "coco-caption ROUGE-L F-measure, beta 1.2", captions.rouge_l),
-    Metric("cider", "coco-caption CIDEr-D (sigma 6, clipped, x10)", captions.cider_one,
-           corpus=captions.cider_corpus),
+    Metric("cider", "coco-caption CIDEr-D (sigma 6, clipped, x10; at most 10)",
+           captions.cider_one, corpus=captions.cider_corpus, best=10.0),
     Metric("box_iou_accuracy", "RefCOCO accuracy: IoU >= 0.5 with the reference box",
            boxes.box_accuracy, fields=_BOX_FIELDS),
     Metric("box_iou", "mean IoU of predicted and reference boxes", boxes.box_iou,

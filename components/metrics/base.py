@@ -53,6 +53,8 @@ class Metric:
     - `corpus(predictions, answers, extras) -> CorpusResult`: set for corpus-level metrics,
       whose value is not the aggregate of `score_one`.
     - `higher_is_better`: always True here; kept explicit for promotion gates.
+    - `best`: the highest score the metric can give (1 for accuracies, F-scores, ANLS and
+      BLEU; 10 for CIDEr-D; 2800 for MME); task summaries divide by it (`score_scale`).
     """
 
     name: str
@@ -62,6 +64,7 @@ class Metric:
     corpus: Corpus | None = None
     fields: tuple[str, ...] = ()
     higher_is_better: bool = True
+    best: float = 1.0
 
     @property
     def is_corpus(self) -> bool:

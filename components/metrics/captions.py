@@ -2,7 +2,10 @@
 
 Re-implemented in pure Python from the coco-caption scorers (Chen et al. 2015, "Microsoft
 COCO Captions: Data Collection and Evaluation Server"), which lmms-eval's coco/nocaps/flickr
-tasks call:
+tasks call. pycocoevalcap itself is not a dependency: its only PyPI release (1.2) is a
+105 MB wheel (METEOR/SPICE jars and paraphrase tables) that also pulls pycocotools, for
+three scorers of a few dozen lines each. tests/test_metrics.py pins values pycocoevalcap 1.2
+produced and compares live whenever it is importable.
 - `bleu4`: coco's `BleuScorer` (Papineni et al. 2002) with `option="closest"`: clipped
   n-gram counts against the max count over references, corpus-level n-gram precisions with
   coco's epsilons (tiny = 1e-15 in the numerator, small = 1e-9 in the denominator), brevity
@@ -11,8 +14,8 @@ tasks call:
   (sacrebleu with tokenize="none", smooth_method="none"). Per item: the same formula on that
   item alone (sentence BLEU-4, often 0 without smoothing); the corpus value is not their mean.
 - `rouge_l`: coco's `Rouge` (Lin 2004): per item, LCS-based precision and recall against
-  every reference, the max of each, then F = (1 + b^2) P R / (R + b^2 P) with beta = 1.2;
-  corpus value = mean over items.
+  every reference (LCS length by rapidfuzz's `LCSseq` on the token lists), the max of each,
+  then F = (1 + b^2) P R / (R + b^2 P) with beta = 1.2; corpus value = mean over items.
 - `cider`: coco's `CiderScorer`, i.e. CIDEr-D (Vedantam et al. 2015): n-grams 1..4 weighted
   by tf-idf, with document frequencies counted over the references of the scored set and
   idf = log(#items) - log(max(1, df)); per n, cosine similarity of the candidate with each
@@ -36,6 +39,8 @@ import math
 import re
 from collections import Counter
 from typing import Any
+
+from rapidfuzz.distance import LCSseq
 
 from components.metrics.base import CorpusResult
 from components.metrics.text import nfc
@@ -120,15 +125,8 @@ _BETA = 1.2
 
 
 def _lcs(a: list[str], b: list[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
+    """Length of the longest common token subsequence (rapidfuzz's LCSseq)."""
+    return int(LCSseq.similarity(a, b))
 
 
 def rouge_l(prediction: str, answers: list[str]) -> float:

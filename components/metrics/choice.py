@@ -12,7 +12,11 @@ MMMU would have given, only turn its random guess into a parsed one):
   "Answer: C", "opção B", "alternativa C", "letra A";
 - a response that is just a letter with punctuation ("C.", "(B)", "D)", also lower-case "c");
 - a response opening with "X." / "X)" / "X:" followed by text ("C. Lisboa");
-- a short response equal to one option's text ("Lisboa"), accents and case ignored.
+- a short response equal to one option's text ("Lisboa"), accents and case ignored;
+- a response holding exactly one option's text as whole words ("O Porto é a resposta",
+  "A cidade é Lisboa"), accents and case ignored; when several options occur, one whose
+  text lies inside another's ("Porto" in "Porto Santo") gives way to it, and two unrelated
+  options are ambiguous (None). One-letter option texts ("a", "b") are not searched.
 Portuguese guard: in step 2 a capital "A"/"E"/"O" that opens the response and is followed by
 a lower-case word ("A resposta é B", "A cidade é Lisboa") is an article, not a letter.
 No match: MMMU picks `random.choice(all_choices)`; we return None (scored wrong) by default,
@@ -101,7 +105,27 @@ def _extra_rules(raw: str, index2ans: Mapping[str, str], choices: list[str]) -> 
         for letter, text in index2ans.items():
             if _fold(text) == folded:
                 return letter
-    return None
+    return _option_in_text(folded, index2ans)
+
+
+def _has_words(text: str, words: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(words)}(?!\w)", text) is not None
+
+
+def _option_in_text(folded: str, index2ans: Mapping[str, str]) -> str | None:
+    """The one option whose folded text occurs in `folded` as whole words, else None."""
+    found = {}
+    for letter, text in index2ans.items():
+        words = _fold(text)
+        if words and not (len(words) == 1 and words.isalpha()) and _has_words(folded, words):
+            found[letter] = words
+    # an option inside a longer matched option ("Porto" in "Porto Santo") gives way to it
+    outer = [
+        letter
+        for letter, words in found.items()
+        if not any(other != words and _has_words(other, words) for other in found.values())
+    ]
+    return outer[0] if len(outer) == 1 else None
 
 
 def parse_multi_choice(

@@ -10,10 +10,13 @@ lmms-eval's `pope_yes_ratio` counts ground-truth yeses instead, which says nothi
 the model).
 
 pt-PT additions: words are compared lower-cased with punctuation stripped ("No!" counts);
-"não" and "nao" are negations; a first word "sim"/"yes" means yes and "não"/"no"/"not"
-means no before the word rule runs; and when the first sentence reads as Portuguese (it has
-one of a few pt function words such as "há", "é", "um", "está", "de") a bare "no" is the
-contraction em+o ("há um gato no sofá") and does not count as a negation. References go
+"não"/"nao" and the negative pronouns "nenhum", "nenhuma", "nenhuns", "nenhumas", "nada"
+are negations ("Nenhum gato.", "Não há nada.", "não há" through its "não"); a first word
+"sim"/"yes" means yes and a first negation means no before the word rule runs; and when the
+first sentence reads as Portuguese (`reads_portuguese`: a pt function word such as "há",
+"é", "um", "de", or a Portuguese diacritic) a "no" followed by a word is the contraction
+em+o ("há um gato no sofá", "No sofá está um gato") and does not count as a negation; only
+a "no" standing alone ("No.", "No, não há") does. References go
 through `normalise_yes_no` ("sim"/"não" accepted). A zero denominator gives 0, where the
 official script would raise.
 """
@@ -23,15 +26,17 @@ from __future__ import annotations
 from typing import Any
 
 from components.metrics.base import CorpusResult
-from components.metrics.text import nfc, normalise_yes_no, strip_punct
+from components.metrics.text import (
+    nfc,
+    normalise_yes_no,
+    opens_with_standalone_no,
+    reads_portuguese,
+    strip_punct,
+)
 
-_NEGATIONS = frozenset({"no", "not", "não", "nao"})
-_PT_MARKERS = frozenset(
-    {
-        "há", "é", "um", "uma", "uns", "umas", "está", "estão", "existe", "existem", "de",
-        "do", "da", "dos", "das", "em", "na", "nas", "nos", "imagem", "fotografia", "foto",
-    }
-)  # fmt: skip
+_NEGATIONS = frozenset(
+    {"no", "not", "não", "nao", "nenhum", "nenhuma", "nenhuns", "nenhumas", "nada"}
+)
 
 
 def pope_label(answer: str) -> str:
@@ -45,10 +50,12 @@ def pope_label(answer: str) -> str:
         return "yes"
     if words[0] in ("sim", "yes"):
         return "yes"
-    if words[0] in _NEGATIONS:
+    portuguese = reads_portuguese(words)
+    contraction = words[0] == "no" and portuguese and not opens_with_standalone_no(text)
+    if words[0] in _NEGATIONS and not contraction:
         return "no"
     negations = set(_NEGATIONS)
-    if _PT_MARKERS.intersection(words):
+    if portuguese:
         negations.discard("no")
     return "no" if negations.intersection(words) else "yes"
 

@@ -3,23 +3,32 @@
 Definitions followed (each a max over the reference answers):
 - `exact_match`: normalised string equality (NFC, case, whitespace; sentence punctuation,
   quotes and brackets stripped at both ends).
+- yes/no in either language: in `exact_match`, `token_f1` and `relaxed_accuracy` a whole
+  answer "sim"/"yes" is the canonical "yes" and "não"/"nao"/"no" the canonical "no"
+  (`canonical_yes_no`), so "Sim." scores against a "Yes" reference. Only whole answers are
+  mapped: inside a sentence "no" is the pt-PT contraction em+o.
 - `token_f1`: SQuAD v1.1 `f1_score` (Rajpurkar et al. 2016, official `evaluate-v1.1.py`):
   lower-case, drop punctuation, drop articles, bag-of-tokens F1. The article set is SQuAD's
   "a an the" plus the Portuguese "o a os as um uma uns umas"; punctuation is every Unicode
   punctuation character (SQuAD uses ASCII `string.punctuation`), so «», “” and … go too. Two
   empty token lists score 1 (SQuAD v2 rule), one empty list scores 0.
 - `anls`: Average Normalized Levenshtein Similarity (Biten et al. 2019, ST-VQA; DocVQA and
-  InfographicVQA use it unchanged): per answer NL = lev(a, p) / max(|a|, |p|) on lower-cased,
-  whitespace-collapsed strings; score = 1 - NL if NL < 0.5 else 0; max over answers.
-  (lmms-eval measures |a|, |p| before whitespace collapsing and keeps NL == 0.5 as 0.5; we
-  follow the paper: lengths of the normalised strings, NL == 0.5 scores 0.)
+  InfographicVQA), exactly as lmms-eval's `anls` metric (from Qwen-VL's
+  `infographicsvqa_eval.py`) computes it: both sides become `" ".join(x.strip().lower()
+  .split())`, NL = lev(gold, pred) / max(len(raw gold), len(raw pred)) with the lengths of
+  the raw strings (as upstream, `len(x.upper())`), score = 1 - min NL over the answers, and
+  a score below the threshold 0.5 becomes 0. So NL == 0.5 scores 0.5, where the paper's
+  "NL < tau" would give 0; no Unicode normalisation is applied (upstream applies none).
+  The edit distance is rapidfuzz's (C++, the same unit-cost Levenshtein as upstream's
+  pure-Python loop; a 3,000-character transcription takes milliseconds, not seconds).
 - `relaxed_accuracy`: ChartQA `relaxed_correctness` (Masry et al. 2022; pix2struct and
   lmms-eval code): when both sides parse as numbers (a trailing "%" divides by 100) and the
   target is non-zero, correct iff |p - t| / |t| <= 0.05; otherwise case-insensitive string
-  equality. pt-PT extension in `parse_number`: "1.050,5" and "1 050,5" = 1050.5, "12,5" =
-  12.5, while every string Python's float() reads keeps its English meaning ("1.050" = 1.05)
-  and "1,050" / "1,050.5" keep the English thousands comma. Surrounding whitespace is
-  stripped before the string comparison (the official code compares raw strings).
+  equality (yes/no words canonical, see above). pt-PT extension in `parse_number`:
+  "1.050,5" and "1 050,5" = 1050.5, "12,5" = 12.5, while every string Python's float()
+  reads keeps its English meaning ("1.050" = 1.05) and "1,050" / "1,050.5" keep the English
+  thousands comma. Surrounding whitespace is stripped before the string comparison (the
+  official code compares raw strings).
 - `ocrbench_accuracy`: OCRBench (Liu et al. 2023; lmms-eval `ocrbench_process_results`):
   1 if the lower-cased, newline-flattened answer is a substring of the lower-cased prediction;
   for HME100k items (`dataset == "HME100k"`) all spaces are removed from both first. The
@@ -27,7 +36,10 @@ Definitions followed (each a max over the reference answers):
   for HME100k, because LaTeX is case-sensitive (`\\Alpha` vs `\\alpha`).
 - `normalise_yes_no`: MME's `parse_pred_ans` (lmms-eval, from Otter) with Portuguese: "sim"
   counts as yes, "não"/"nao" as no (whole answer or first word) before the English rule
-  ("yes"/"no" exact, "y"/"n", else "yes"/"no" within the first 4 characters).
+  ("yes"/"no" exact, "y"/"n", else "yes"/"no" within the first 4 characters). In text that
+  reads as Portuguese (`reads_portuguese`) the "no" of that prefix rule counts only as a
+  standalone first word followed by punctuation or the end ("No, não há." -> no), since
+  "No sofá há um gato" opens with the contraction em+o, not with "no".
 """
 
 from __future__ import annotations
@@ -35,6 +47,9 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Iterable
+
+from rapidfuzz.distance import Levenshtein as _Levenshtein
 
 # ---------------------------------------------------------------- normalisation helpers
 
@@ -73,10 +88,42 @@ def normalise_text(text: str) -> str:
 # ---------------------------------------------------------------- exact match
 
 
+YES_NO = {"yes": "yes", "sim": "yes", "no": "no", "não": "no", "nao": "no"}
+
+
+def canonical_yes_no(text: str) -> str:
+    """'yes' / 'no' when the whole of `text` (edge punctuation and case ignored) is a yes/no
+    word in English or Portuguese ("Sim.", "NÃO", "yes"); otherwise `text` unchanged."""
+    return YES_NO.get(strip_punct(nfc(text)).lower(), text)
+
+
+def _match_key(text: str) -> str:
+    return canonical_yes_no(normalise_text(text))
+
+
 def exact_match(prediction: str, answers: list[str]) -> float:
-    """1.0 if the normalised prediction equals any normalised answer."""
-    pred = normalise_text(prediction)
-    return float(any(pred == normalise_text(a) for a in answers))
+    """1.0 if the normalised prediction equals any normalised answer (yes/no canonical)."""
+    pred = _match_key(prediction)
+    return float(any(pred == _match_key(a) for a in answers))
+
+
+# ---------------------------------------------------------------- is it Portuguese?
+
+PT_MARKERS = frozenset(
+    {
+        "há", "é", "um", "uma", "uns", "umas", "está", "estão", "existe", "existem", "de",
+        "do", "da", "dos", "das", "em", "na", "nas", "nos", "imagem", "fotografia", "foto",
+        "não", "sim",
+    }
+)  # fmt: skip
+_PT_LETTERS = frozenset("áàâãéêíóôõúç")
+
+
+def reads_portuguese(words: Iterable[str]) -> bool:
+    """True when lower-cased `words` hold a pt function word ("há", "é", "um", "de", ...) or
+    a letter with a Portuguese diacritic ("sofá"): then a "no" among them is em+o."""
+    words = list(words)
+    return bool(PT_MARKERS.intersection(words)) or any(ch in _PT_LETTERS for w in words for ch in w)
 
 
 # ---------------------------------------------------------------- token F1 (SQuAD)
@@ -110,42 +157,44 @@ def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def _f1_tokens(text: str) -> list[str]:
+    return canonical_yes_no(squad_normalise(text)).split()
+
+
 def token_f1(prediction: str, answers: list[str]) -> float:
-    """SQuAD token F1, max over answers."""
-    pred = squad_normalise(prediction).split()
-    return max((_f1(pred, squad_normalise(a).split()) for a in answers), default=0.0)
+    """SQuAD token F1, max over answers (a whole yes/no answer is canonical first)."""
+    pred = _f1_tokens(prediction)
+    return max((_f1(pred, _f1_tokens(a)) for a in answers), default=0.0)
 
 
 # ---------------------------------------------------------------- ANLS
 
 
 def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert, delete, substitute; all cost 1)."""
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    """Edit distance (insert, delete, substitute; all cost 1), computed by rapidfuzz."""
+    return int(_Levenshtein.distance(a, b))
 
 
 def _anls_norm(text: str) -> str:
-    return " ".join(nfc(text).strip().lower().split())
+    return " ".join(text.strip().lower().split())
 
 
 def anls(prediction: str, answers: list[str], threshold: float = 0.5) -> float:
-    """Normalized Levenshtein similarity with threshold, max over answers."""
+    """lmms-eval's `anls` for one item: 1 - min NL over answers, 0 below `threshold`.
+
+    NL divides the distance of the normalised strings by the longer *raw* string, as
+    upstream does (`max(len(answer.upper()), len(prediction.upper()))`).
+    """
+    if not answers:
+        return 0.0
     pred = _anls_norm(prediction)
-    best = 0.0
+    values = []
     for answer in answers:
-        gold = _anls_norm(answer)
-        length = max(len(gold), len(pred))
-        nl = levenshtein(gold, pred) / length if length else 0.0
-        best = max(best, 1.0 - nl if nl < threshold else 0.0)
-    return best
+        length = max(len(answer.upper()), len(prediction.upper()))
+        dist = levenshtein(_anls_norm(answer), pred)
+        values.append(0.0 if length == 0 else dist / length)
+    score = 1.0 - min(values)
+    return 0.0 if score < threshold else score
 
 
 # ---------------------------------------------------------------- numbers (pt-PT aware)
@@ -196,12 +245,17 @@ def _to_float(text: str) -> float | None:
 
 
 def relaxed_correctness(target: str, prediction: str, max_relative_change: float = 0.05) -> bool:
-    """ChartQA: numbers within 5% of the target, else case-insensitive string equality."""
+    """ChartQA: numbers within 5% of the target, else case-insensitive string equality
+    (a yes/no answer in either language compared as its canonical 'yes' / 'no')."""
     pred_f = _to_float(prediction)
     target_f = _to_float(target)
     if pred_f is not None and target_f:  # target 0 falls back to strings, as upstream
         return abs(pred_f - target_f) / abs(target_f) <= max_relative_change
-    return prediction.strip().lower() == target.strip().lower()
+    return _relaxed_key(prediction) == _relaxed_key(target)
+
+
+def _relaxed_key(text: str) -> str:
+    return canonical_yes_no(text.strip().lower())
 
 
 def relaxed_accuracy(prediction: str, answers: list[str]) -> float:
@@ -227,6 +281,7 @@ def ocrbench_accuracy(prediction: str, answers: list[str], dataset: str | None =
 
 _YES_WORDS = frozenset({"yes", "sim"})
 _NO_WORDS = frozenset({"no", "não", "nao"})
+_STANDALONE_NO = re.compile(r"^no(?=[^\w\s]|$)")
 
 
 def normalise_yes_no(text: str) -> str | None:
@@ -238,7 +293,8 @@ def normalise_yes_no(text: str) -> str | None:
         return "no"
     if len(s) == 1:
         return {"y": "yes", "s": "yes", "n": "no"}.get(s)
-    first = strip_punct(s.split()[0]) if s.split() else ""
+    words = [strip_punct(w) for w in s.split()]
+    first = words[0] if words else ""
     if first == "sim":
         return "yes"
     if first in ("não", "nao"):
@@ -246,9 +302,15 @@ def normalise_yes_no(text: str) -> str | None:
     prefix = s[:4]
     if "yes" in prefix:
         return "yes"
-    if "no" in prefix:
+    if "no" in prefix and (opens_with_standalone_no(s) or not reads_portuguese(words)):
         return "no"
     return None
+
+
+def opens_with_standalone_no(text: str) -> bool:
+    """True when `text` opens with the word "no" followed by punctuation or nothing ("No.",
+    "No, não há"), not by another word ("No sofá há um gato": the contraction em+o)."""
+    return _STANDALONE_NO.match(nfc(text).strip().lower()) is not None
 
 
 def yes_no_accuracy(prediction: str, answers: list[str]) -> float:
