@@ -30,14 +30,17 @@ from components.variety.detector import (
 from components.variety.normalise import gerund_to_infinitive, normalise_br_to_pt
 from components.variety.report import classify_lines, evaluate_detector, variety_command
 
-# Measured once on the independent held-out test set (data/variety_test.jsonl, written after
-# the cue list; bench/results/variety.json "heldout"): accuracy 0.617, macro-F1 0.758,
-# coverage 0.625, accuracy on covered 0.987 -- below the 0.85 target, through low
-# coverage, not wrong calls. These floors guard against regressions; they must not be
-# raised by tuning cues on the test sentences (only on the train split of the sample).
-HELDOUT_ACCURACY_FLOOR = 0.58
-HELDOUT_F1_FLOOR = 0.72
-HELDOUT_COVERAGE_FLOOR = 0.58
+# Measured on the independent held-out test set (data/variety_test.jsonl, written after the
+# v1 cue list; bench/results/variety.json). v1 cue list, first evaluation: accuracy 0.617,
+# macro-F1 0.758, coverage 0.625, accuracy on covered 0.987 ("heldout_v1_cue_list"). v2 cue
+# list (PAIRS_V2, written from general linguistic knowledge without access to the test
+# sentences, scored once): accuracy 0.700, macro-F1 0.819, coverage 0.708, accuracy on
+# covered 0.988 ("heldout") -- still below the 0.85 target, through low coverage, not
+# wrong calls. These floors guard against regressions; they must not be raised by tuning
+# cues on the test sentences (only on the train split of the sample).
+HELDOUT_ACCURACY_FLOOR = 0.66
+HELDOUT_F1_FLOOR = 0.78
+HELDOUT_COVERAGE_FLOOR = 0.66
 HELDOUT_COVERED_ACCURACY_FLOOR = 0.95
 # The dev split of the sample was seen while the cue list was written: an optimistic check.
 DEV_ACCURACY_FLOOR = 0.93
@@ -188,6 +191,96 @@ def test_classic_pairs(cues, text, label):
 ])
 def test_subtle_cues(cues, text, label):
     assert cues.classify([text])[0]["label"] == label, cues.explain(text)
+
+
+# v2 cue list (PAIRS_V2): sentences written for these tests, one per variety, each showing
+# a cue that fires on its own variety and whose counterpart does not fire on the twin.
+V2_TWINS = [
+    # (pt-PT sentence, pt-BR sentence, cue key)
+    ("Paguei a fatura da luz e guardei o recibo.", "Paguei a conta de luz e guardei o recibo.",
+     "fatura-luz"),
+    ("Vire à direita na rotunda e pare na berma.", "Vire à direita na rotatória e pare no "
+     "acostamento.", "rotunda"),
+    ("O IRS entrega-se até junho.", "O imposto de renda vence em abril.", "impostos"),
+    ("Toda a gente gostou do filme.", "Todo mundo gostou do filme.", "toda-a-gente"),
+    ("Ficámos de pé durante o concerto.", "Ficamos em pé durante o show.", "de-pe"),
+    ("Tens a certeza disso?", "Tem certeza disso?", "ter-certeza"),
+    ("O canalizador chega amanhã.", "O encanador chega amanhã.", "canalizador"),
+    ("Quero partilhar a receita.", "Quero compartilhar a receita.", "partilhar"),
+    ("Ela faz anos a dezasseis de maio.", "Ela faz aniversário dia dezesseis de maio.",
+     "dezasseis"),
+    ("O planeamento da obra atrasou.", "O planejamento da obra atrasou.", "planeamento"),
+    ("Perdemos o controlo do projeto.", "Perdemos o controle do projeto.", "controlo"),
+    ("Comprei esparguete e beringelas.", "Comprei espaguete e berinjelas.", "esparguete"),
+    ("Estou constipado desde ontem.", "Estou resfriado desde ontem.", "constipacao"),
+    ("Marquei consulta no centro de saúde.", "Marquei consulta no posto de saúde.",
+     "centro-saude"),
+    ("A minha filha termina o ensino secundário.", "Minha filha termina o ensino médio.",
+     "ensino-secundario"),
+    ("Esqueci-me dos auscultadores em casa.", "Esqueci os fones de ouvido em casa.",
+     "auscultadores"),
+    ("Deita isso fora!", "Joga isso fora!", "deitar-fora"),
+    ("Há um problema subtil no código.", "Tem um problema sutil no código.", "subtil"),
+    ("O desporto faz bem à saúde.", "O esporte faz bem à saúde.", "desporto"),
+    ("Estendi a roupa no estendal.", "Estendi a roupa no varal.", "estendal"),
+]
+
+
+@pytest.mark.parametrize(("pt", "br", "key"), V2_TWINS)
+def test_v2_cues_fire_on_their_variety_only(cues, pt, br, key):
+    got_pt, got_br = vd.cue_counts(pt), vd.cue_counts(br)
+    assert f"{key}/pt" in got_pt and f"{key}/br" not in got_pt, got_pt
+    assert f"{key}/br" in got_br and f"{key}/pt" not in got_br, got_br
+    assert cues.classify([pt])[0]["label"] == PT_PT, cues.explain(pt)
+    assert cues.classify([br])[0]["label"] == PT_BR, cues.explain(br)
+
+
+@pytest.mark.parametrize(("text", "label", "cue"), [
+    ("Percebes o que eu digo?", PT_PT, "tu-verb/pt"),          # v2 2nd-person forms
+    ("Se calhar vou ter contigo mais logo.", PT_PT, "ir-ter-com/pt"),
+    ("Apetece-me um gelado.", PT_PT, "apetecer/pt"),
+    ("Cadê a chave do carro?", PT_BR, "xau/br"),
+    ("Vi ela ontem na festa.", PT_BR, "objeto-ele/br"),
+    ("O boleto vence na sexta.", PT_BR, "boleto/br"),
+    ("Envie para 1000-001 Lisboa.", PT_PT, "codigo-postal-num/pt"),
+    ("Envie para o CEP 01310-100.", PT_BR, "codigo-postal-num/br"),
+])
+def test_v2_single_cues(cues, text, label, cue):
+    assert cue in vd.cue_counts(text), vd.cue_counts(text)
+    assert cues.classify([text])[0]["label"] == label, cues.explain(text)
+
+
+@pytest.mark.parametrize(("text", "absent"), [
+    ("Ela joga fora de casa no domingo.", "deitar-fora/br"),   # football "away"
+    ("O colete salva-vidas está no barco.", "nadador-salvador/br"),
+    ("Competem em pé de igualdade.", "de-pe/br"),
+    ("Traduziu o texto ao pé da letra.", "ao-pe-de/pt"),
+    ("Solicito a Vossa Senhoria uma resposta.", "renda-casa/pt"),
+    ("O chumbo é um metal pesado.", "chumbar/pt"),
+    ("A beleza da paisagem impressiona.", "beleza/br"),
+    ("A nossa casa é pequena.", "beleza/br"),
+    ("O fato é que ninguém chegou.", "fato-roupa/pt"),
+    ("As férias e as compras acabaram.", "tu-verb/pt"),        # nouns, not 2nd person
+    ("Ele está bem, obrigado.", "esta-bem/pt"),                # "he is fine", both
+    ("Ela deitou-se lá fora.", "deitar-fora/pt"),
+])
+def test_v2_cues_skip_shared_senses(text, absent):
+    assert absent not in vd.cue_counts(text), vd.cue_counts(text)
+
+
+def test_v2_cue_list_and_prior_only_weights():
+    v1 = {k for k, *_ in vd.PAIRS}
+    v2 = [k for k, *_ in vd.PAIRS_V2]
+    assert len(v2) == len(set(v2)) >= 150 and not v1 & set(v2)
+    shipped = load_weights()
+    assert set(shipped["cues"]) == set(vd.CUE_BY_NAME)
+    # a cue never seen in the train split keeps its linguistic prior (signed)
+    assert shipped["prior_only"]
+    for name in shipped["prior_only"]:
+        c = vd.CUE_BY_NAME[name]
+        assert shipped["cues"][name] == pytest.approx(c.sign * c.prior, abs=1e-6), name
+    fitted = set(shipped["cues"]) - set(shipped["prior_only"])
+    assert "progressive/pt" in fitted and "autocarro/pt" in fitted
 
 
 def test_existential_ter_needs_a_place_not_a_possessor(cues):

@@ -19,7 +19,18 @@ log-odds. Each cue has a linguistic prior strength; `fit` estimates the strength
 MAP logistic regression (Newton's method, Gaussian priors, cues shrunk towards a
 per-(kind, variety) group strength) on the train split of the labelled sample
 (`data/variety_sample.jsonl`) and writes `cue_weights.json`, shipped in the package and
-reproducible by `python -m components.variety.detector --fit`.
+reproducible by `python -m components.variety.detector --fit`. A cue that never fires in
+the train split is left out of that fit and keeps its prior strength (`prior_only` in the
+weights file): no evidence, no change.
+
+Cue lists. `PAIRS` (v1) was written with sight of the labelled sample. `PAIRS_V2` (and the
+extra 2nd-person verb forms in `_TU_VERBS`) broaden it from general knowledge of the two
+varieties: everyday vocabulary (transport, home, food, clothes, health, school, sport, IT),
+administration and money (taxes, public services, payment, postal and phone formats),
+post-1990 spelling differences (quotidiano/cotidiano, catorze/quatorze, dezasseis/
+dezesseis, subtil/sutil), set phrases and syntax ("toda a gente" / "todo mundo", "de pé" /
+"em pé", "tens a certeza" / "tem certeza", "deitar fora" / "jogar fora", "vi ela") and
+colloquial markers. They were written without access to the held-out test sentences.
 
 Data and evaluation. `data/variety_sample.jsonl` holds parallel pt-PT / pt-BR versions of
 the same sentence; each row names its `pair`, and `assign_splits` keeps a pair in one
@@ -327,7 +338,7 @@ PAIRS: list[tuple[str, str, str | None, str | None, float | None, float | None]]
     ("gostava", "phrase", r"gostava (?:imenso|muito|de)", r"gostaria|adoraria", 0.5, 0.4),
     # --- forms of address (kind "address")
     ("voce", "address", None, r"você|vc|cê", None, 1.2),
-    ("a-gente", "address", None, r"a gente", None, None),
+    ("a-gente", "address", None, r"(?<!toda )a gente", None, None),  # not "toda a gente"
     ("contigo", "address", r"contigo", r"com você", 0.8, 1.2),
     ("tu", "address", r"tu", None, None, None),
     # --- colloquial markers (kind "informal")
@@ -341,6 +352,274 @@ PAIRS: list[tuple[str, str, str | None, str | None, float | None, float | None]]
     ("pa", "informal", r"pá(?=[!,.?])", None, 1.0, None),
     ("ca", "informal", r"cá", None, 0.5, None),
     ("imenso", "informal", r"imens[oa]s?", None, 0.7, None),
+]
+
+# --- v2 cue list: broadened from general knowledge of the two varieties (reference
+# vocabulary, orthography and grammar), written without sight of the held-out test set.
+# Same tuple layout as PAIRS; a pattern is kept only where the other variety does not use
+# the form in that sense (word boundaries, sense-fixing context, lower priors otherwise).
+PAIRS_V2: list[tuple[str, str, str | None, str | None, float | None, float | None]] = [
+    # --- everyday vocabulary: transport
+    ("bilheteira", "lexical", r"bilheteiras?", r"bilheterias?", None, None),
+    ("bomba-gasolina", "lexical", r"bombas? de gasolina|gasolineiras?",
+     r"postos? de (?:gasolina|combustível)", 1.5, 1.5),
+    ("gasoleo", "lexical", r"gasóleo", r"óleo diesel", None, 1.5),
+    ("parque-estacionamento", "lexical", r"parques? de estacionamento", None, 1.5, None),
+    ("rotunda", "lexical", r"rotundas?", r"rotatórias?", None, None),
+    ("berma", "lexical", r"bermas?", r"acostamentos?", None, None),
+    ("trotinete", "lexical", r"trotinetes?", r"patinetes?", None, 1.5),
+    ("mota", "lexical", r"motas|mota", None, 1.5, None),
+    ("descapotavel", "lexical", r"descapotáve(?:l|is)", None, None, None),
+    ("caixa-velocidades", "lexical", r"caixas? de velocidades", r"câmbio (?:automático|manual)",
+     1.5, 1.5),
+    ("guiador", "lexical", r"guiador(?:es)?", r"guidão|guidões|guidom", None, None),
+    ("baldeacao", "lexical", None, r"baldeaç(?:ão|ões)", None, 1.5),
+    ("sentido-unico", "phrase", r"sentido único", r"mão (?:única|dupla)", 1.5, 1.5),
+    ("aterragem", "lexical", r"aterragens?|descolagens?", r"aterriss\w+|decolage(?:m|ns)",
+     None, None),
+    # --- the home
+    ("liquidificadora", "lexical", r"liquidificadoras?", r"liquidificador(?:es)?", None, None),
+    ("loica", "lexical", r"loiças?|lava-loiças?", r"lava-louças?", None, 1.2),
+    ("arca-congeladora", "lexical", r"arcas? congeladoras?", r"freezers?", None, 1.2),
+    ("estores", "lexical", r"estores?", None, 1.5, None),
+    ("esquentador", "lexical", r"esquentador(?:es)?", None, None, None),
+    ("cortinado", "lexical", r"cortinados?", None, 1.5, None),
+    ("exaustor", "lexical", r"exaustor(?:es)?", r"coifas?", 1.0, 1.5),
+    ("estendal", "lexical", r"estendais|estendal", r"varal|varais", None, None),
+    ("caixote-lixo", "lexical", r"caixotes? do lixo|baldes? do lixo",
+     r"latas? de lixo|lixeiras?", None, 0.8),
+    ("mesa-cabeceira", "lexical", r"mesas? de cabeceira", r"criados?-mudos?", 0.6, None),
+    ("guarda-fatos", "lexical", r"guarda-fatos", None, None, None),
+    ("esfregona", "lexical", r"esfregonas?", None, None, None),
+    ("botijao", "lexical", r"bilhas? de gás|garrafas? de gás", r"botij(?:ão|ões)", 1.2, None),
+    ("ecoponto", "lexical", r"ecopontos?", None, None, None),
+    ("canalizador", "lexical", r"canaliza(?:dor|dores|dora|ção|ções)",
+     r"encana(?:dor|dores|dora|mento|mentos)", None, None),
+    ("contador-luz", "lexical", r"contador(?:es)? d[ao] (?:luz|água|gás|eletricidade)",
+     r"relógios? de luz", 1.5, 1.5),
+    ("fatura-luz", "lexical", r"faturas? d[ao] (?:luz|água|gás|eletricidade|telemóvel)",
+     r"contas? de (?:luz|água|gás)", 1.5, 1.0),
+    ("renda-casa", "lexical", r"rendas? da casa|pag\w+ a renda|senhorios?", None, 1.2, None),
+    ("tipologia", "lexical", r"(?:apartamentos?|moradias?|um|o|num) t[0-6]", None, 1.5, None),
+    ("sindico", "lexical", None, r"síndic[oa]s?", None, 1.5),
+    # --- food and drink
+    ("esparguete", "spelling", r"esparguetes?", r"espaguetes?", None, None),
+    ("beringela", "spelling", r"beringelas?", r"berinjelas?", None, None),
+    ("courgette", "lexical", r"courgettes?", r"abobrinhas?", None, None),
+    ("feijao-verde", "lexical", r"feijão-verde|feijão verde", r"vagens", 1.5, 1.0),
+    ("cebolinho", "lexical", r"cebolinho", r"cebolinhas?", 1.5, 1.5),
+    ("alperce", "lexical", r"alperces?", None, 1.5, None),
+    ("tangerina-br", "lexical", None, r"mexericas?|bergamotas?", None, 1.5),
+    ("carne-picada", "lexical", r"carne picada", r"carne moída", None, None),
+    ("leite-magro", "lexical", r"leite (?:magro|meio-gordo)", r"(?:semi)?desnatad[oa]s?",
+     1.5, 1.5),
+    ("panado", "lexical", r"panad[oa]s?", r"empanad[oa]s?", 1.2, 1.0),
+    ("rissol", "lexical", r"rissóis|rissol", r"risoles", 1.5, 1.5),
+    ("chourico", "lexical", r"chouriços?", r"linguiças?", 0.8, 1.5),
+    ("queque", "lexical", r"queques?", None, 1.5, None),
+    ("gomas", "lexical", r"gomas", r"jujubas?", 1.0, 1.5),
+    ("rebucado", "lexical", r"rebuçados?", None, None, None),
+    ("meia-de-leite", "lexical", r"meias? de leite", None, 1.5, None),
+    ("papo-seco", "lexical", r"papo-secos?", r"pães? franceses|pão francês", 1.5, 1.5),
+    ("chope", "lexical", None, r"chopes?|chopps?", None, 1.5),
+    ("frutaria", "lexical", r"frutarias?", r"hortifrútis?|hortifruti|quitandas?|sacolão|sacolões",
+     1.0, 1.5),
+    ("comida-2", "culture", r"caldo verde|bolo-rei|tremoços?",
+     r"aipim|macaxeira|farofas?|tapiocas?|guaraná|açaí", 1.5, 1.0),
+    # --- clothes and personal care
+    ("champo", "lexical", r"champôs?", r"xampus?", None, None),
+    ("maquilhagem", "lexical", r"maquilh\w+",
+     r"maqui(?:agem|agens|ad[oa]s?|ar|ador[ae]s?)", None, None),
+    ("creme-dental", "lexical", None, r"cremes? dental|cremes? dentais", None, 1.5),
+    ("fecho-eclair", "lexical", r"fechos? (?:éclair|de correr)", r"zíperes|zíper", None, None),
+    ("peugas", "lexical", r"peúgas?", None, None, None),
+    ("cabedal", "lexical", r"cabedal", None, None, None),
+    ("blusao", "lexical", r"blusões|blusão", r"jaquetas?", 1.5, 1.5),
+    ("calcinha", "lexical", None, r"calcinhas?", None, 1.5),
+    ("fato-roupa", "lexical",
+     r"fatos?(?= (?:e gravata|escuro|azul|preto|cinzento|completo|de treino))", None, 1.2, None),
+    ("t-shirt", "lexical", r"t-shirts?", None, 0.8, None),
+    ("ganga", "lexical", r"ganga", r"(?:uma|a|sua|com|de) calça", None, 1.0),
+    ("chapeu-de-sol", "lexical", r"chapéus?-de-sol|chapéus? de sol", None, 1.2, None),
+    # --- leisure, children, sport
+    ("nadador-salvador", "lexical", r"nadador(?:es|as?)?-salvador(?:es|as?)?",
+     r"(?<!colete )(?<!coletes )(?<!boia )salva-vidas", None, 1.2),
+    ("baloico", "lexical", r"baloiços?|balancés?", r"gangorras?|escorregador(?:es)?", None, 1.5),
+    ("parque-infantil", "lexical", r"parques? infant(?:il|is)", r"parquinhos?|playgrounds?",
+     0.8, 1.5),
+    ("esplanada", "lexical", r"esplanadas?", None, 1.0, None),
+    ("andebol", "lexical", r"andebol", r"handebol", None, None),
+    ("basquetebol", "lexical", r"basquetebol", r"basquete", 1.0, 1.0),
+    ("volei", "spelling", r"vólei", r"vôlei", 1.5, 1.5),
+    ("placar", "lexical", None, r"placar(?:es)?", None, 1.5),
+    ("canto-futebol", "lexical", r"pontapés? de canto", r"escanteios?", None, None),
+    ("fora-de-jogo", "lexical", r"fora de jogo", None, 1.5, None),
+    ("claque", "lexical", r"claques?", r"(?:a|da|na|sua|uma) torcida", None, 1.2),
+    ("torcer", "lexical", None,
+     r"torc(?:e|o|emos|em|ia|eu|i|er|endo) (?:pelo|pela|para o|para a|pro)", None, 1.0),
+    ("cromos", "lexical", r"cromos", r"figurinhas?", 1.0, 1.5),
+    ("penalti", "lexical", r"penáltis?", None, None, None),
+    # --- health
+    ("constipacao", "lexical", r"constipaç(?:ão|ões)|constipad[oa]s?", r"resfriad[oa]s?",
+     None, 1.5),
+    ("arrefecer", "lexical", r"arrefec\w+", None, 1.2, None),
+    ("centro-saude", "culture", r"centros? de saúde", r"postos? de saúde|ubs", 1.5, 1.5),
+    ("sns", "culture", r"sns", r"sus", None, None),
+    ("urgencias", "lexical", r"(?:às|nas|das|serviço de) urgências",
+     r"pronto-socorros?|pronto-atendimentos?", 1.2, None),
+    ("baixa-medica", "lexical", r"baixas? médicas?|baixa por doença", r"licenças? médicas?",
+     None, 1.0),
+    ("analises", "phrase", r"análises ao sangue", None, 1.5, None),
+    ("utente", "lexical", r"utentes?", None, None, None),
+    ("penso-rapido", "lexical", r"pensos? rápidos?", r"band-aids?", None, 1.5),
+    ("ligadura", "lexical", r"ligaduras?", r"ataduras?", 1.5, 1.5),
+    ("jaleco", "lexical", r"batas? brancas?", r"jalecos?", 1.0, None),
+    ("comparticipacao", "lexical", r"comparticip\w+", r"coparticip\w+", None, 1.5),
+    # --- school and university
+    ("ensino-secundario", "culture", r"ensino secundário|escolas? secundárias?|ensino básico",
+     r"ensino (?:médio|fundamental)", 1.5, None),
+    ("licenciatura", "lexical", r"licenciaturas?", r"graduaç(?:ão|ões)", 0.8, 0.6),
+    ("doutoramento", "lexical", r"doutoramentos?",
+     r"(?:fazer|faz|fazendo|fiz|fez|cursar|cursando|cursa) (?:o |um |meu |seu )?doutorado",
+     None, 1.2),
+    ("exame-nacional", "culture", r"exames? nacion(?:al|ais)", r"vestibular(?:es)?|enem",
+     1.5, None),
+    ("caloiro", "spelling", r"caloir[oa]s?", r"calour[oa]s?", None, None),
+    ("praxe", "culture", r"praxes?", None, 1.5, None),
+    ("trabalho-de-casa", "lexical", r"tpc|trabalhos? (?:de|para) casa",
+     r"deveres? de casa|liç(?:ão|ões) de casa|tarefas? de casa", 1.5, 1.5),
+    ("encarregado-educacao", "culture", r"encarregad[oa]s? de educação|diretor(?:es|as?)? de turma",
+     None, None, None),
+    ("sebenta", "lexical", r"sebentas?|apontamentos", None, 1.2, None),
+    ("infantario", "lexical", r"infantários?", None, 1.5, None),
+    # --- work, administration, money, documents
+    ("horas-extra", "lexical", r"horas? extraordinárias?", r"horas extras", None, 1.2),
+    ("subsidio", "culture", r"subsídios? de (?:férias|natal|desemprego|refeição)",
+     r"décimo terceiro|13\.?º salário|seguro-desemprego|vale-refeição|vale-transporte|"
+     r"carteira assinada|carteiras? de trabalho", None, None),
+    ("entidade-patronal", "lexical", r"entidades? patronais|entidade patronal", None, 1.5, None),
+    ("contrato-termo", "phrase", r"contratos? (?:a|sem) termo(?: certo| incerto)?", None,
+     1.5, None),
+    ("funcao-publica", "phrase", r"função pública", r"funcionalismo público", 1.2, 1.2),
+    ("reforma", "lexical", r"(?:pensão|pensões|idade) (?:de|da) reforma|aposentação",
+     r"aposentadorias?", 1.5, None),
+    ("lda", "culture", r"lda\.?", r"ltda\.?", None, None),
+    ("diario-oficial", "culture", r"diário da república", r"diário oficial", None, 1.5),
+    ("parlamento", "culture", r"assembleia da república",
+     r"câmara dos deputados|congresso nacional|senado federal", None, 1.5),
+    ("loja-cidadao", "culture", r"lojas? do cidadão", r"poupatempo", None, None),
+    ("financas", "culture",
+     r"autoridade tributária|portal das finanças|(?:repartição|serviços?|ministério|ministr[oa]) "
+     r"das finanças|(?:ir|vai|vou|fui|foi) às finanças",
+     r"receita federal|(?:ministério|secretaria) da fazenda", None, None),
+    ("recibo-verde", "culture", r"recibos? verdes?",
+     r"mei|microempreendedor(?:es)? individua(?:l|is)", None, 1.5),
+    ("impostos", "culture", r"irs|irc|imi|iuc|imt",
+     r"imposto de renda|irpf|iptu|ipva|fgts|clt", None, None),
+    ("nib", "culture", r"nib", None, 1.2, None),
+    ("boleto", "culture", None, r"boletos?", None, None),
+    ("debito-direto", "phrase", r"débitos? diretos?", r"débitos? automáticos?", 1.5, 1.5),
+    ("levantar-dinheiro", "lexical", r"levant(?:ar|ou|o|a|am|ei|e)(?: o)? dinheiro",
+     r"(?:sac(?:ar|ou|a|am|o)|saquei)(?: o)? dinheiro", 1.5, 1.5),
+    ("parcelado", "lexical", None, r"parcelad[oa]s?|parcelamentos?", None, 1.2),
+    ("pronto-pagamento", "phrase", r"(?:a )?pronto pagamento", None, 1.5, None),
+    ("credito-habitacao", "phrase", r"crédito à habitação",
+     r"financiamento (?:imobiliário|habitacional)", None, 1.2),
+    ("faturacao", "lexical", r"faturação|faturas?-recibo", r"faturamentos?", None, 1.5),
+    ("gerir", "lexical", r"gerir|gere|gerem",
+     r"gerenci(?:ar|a|am|ou|ado|ada|ados|adas|amento|amentos|ando)", 0.8, 1.5),
+    ("tarifario", "lexical", r"tarifários?", None, 1.5, None),
+    ("codigo-postal-num", "culture", r"\d{4}-\d{3}", r"\d{5}-\d{3}", 1.5, 1.5),
+    ("cpf-num", "culture", None, r"\d{3}\.\d{3}\.\d{3}-\d{2}|\d{2}\.\d{3}\.\d{3}/\d{4}-\d{2}",
+     None, None),
+    ("indicativo", "culture", r"\+ ?351|00351", r"\+ ?55", None, None),
+    ("ordinal", "spelling", r"\d+\.[ºª]|n\.º", r"\d+[ºª]|nº", 0.8, 0.3),
+    ("controlo", "spelling", r"(?:o|do|no|ao|de|sob|um|pelo|os|dos|nos|sem) controlos?",
+     r"(?:o|do|no|ao|de|sob|um|pelo|os|dos|nos|sem) controles?", None, 1.5),
+    ("planeamento", "spelling",
+     r"planeamentos?|plane(?:ar|ado|ada|ados|adas|ámos|ou|ei|io|ia|iam|ie|iem)",
+     r"planej\w+", None, None),
+    ("desporto", "lexical", r"desport\w+", r"esport(?:e|es|iv[oa]s?|istas?)", None, None),
+    ("partilhar", "lexical", r"partilh(?:ar|o|as|a|amos|am|ei|ou|aram|ado|ada|ados|adas|e)",
+     r"compartilh\w+", 1.5, 1.5),
+    ("apetecer", "lexical", r"apetec\w+", None, 1.5, None),
+    # --- IT and office
+    ("hiperligacao", "lexical", r"hiperligaç(?:ão|ões)", None, None, None),
+    ("sitio-web", "lexical", r"sítios? (?:na internet|web|da internet)", None, 1.5, None),
+    ("digitalizar", "lexical", None, r"escane(?:ar|ie|ou|ado|ada|ados|adas|ando|ia)", None, 1.5),
+    ("xerox", "lexical", None, r"xerox", None, 1.5),
+    ("agrafador", "lexical", r"agraf(?:ador|adores|os?|ar|e|ado|ada|ados|adas)",
+     r"grampe(?:ador|adores|ar|ado|ada|ados|adas|ie|ou)", None, None),
+    ("fita-cola", "lexical", r"fita-cola|fita cola", r"durex", None, 1.5),
+    ("pendrive", "lexical", None, r"pen ?drives?", None, 1.0),
+    ("caixa-de-som", "lexical", r"colunas? (?:de som|bluetooth|portáte(?:l|is))",
+     r"caixas? de som", 1.2, 1.5),
+    ("comando-tv", "lexical", r"comandos? da (?:televisão|tv)|comandos? à distância", None,
+     1.5, None),
+    ("auscultadores", "lexical", r"auscultador(?:es)?", r"fones?(?: de ouvido)?", None, 1.5),
+    ("iniciar-sessao", "phrase", r"(?:inici|termin)(?:ar|e|a) (?:a )?sessão",
+     r"fa(?:zer|ça|z) (?:o )?login|logar|deslogar|logad[oa]s?", 1.5, 1.0),
+    # --- spelling that still differs after the 1990 agreement
+    ("quotidiano", "spelling", r"quotidian\w*", r"cotidian\w*", 1.5, 1.5),
+    ("catorze", "spelling", r"catorze", r"quatorze", 1.2, 1.5),
+    ("dezasseis", "spelling", r"dezasseis|dezassete|dezanove", r"dezesseis|dezessete|dezenove",
+     None, None),
+    ("biliao", "lexical", r"biliões|bilião|mil milhões", r"bilhões|bilhão", None, None),
+    ("subtil", "spelling", r"subti(?:l|s|leza|lezas|lmente)", r"suti(?:l|s|leza|lezas|lmente)",
+     None, None),
+    ("recetor", "spelling", r"recet(?:or|ora|ores|oras|ivo|iva|ivos|ivas|ividade)",
+     r"recept(?:or|ora|ores|oras|ivo|iva|ivos|ivas|ividade)", None, 1.5),
+    ("excecional", "spelling", r"excecion\w+", r"excepcion\w+", None, 1.5),
+    ("concetual", "spelling", r"concetua\w+", r"conceitua\w+", None, None),
+    ("comite", "spelling", r"comités?", r"comitês?", 1.5, 1.5),
+    ("karate", "spelling", r"karaté|caraté", r"caratê|karatê|judô", 1.5, 1.5),
+    ("guiche", "spelling", r"guichés?", r"guichês?", 1.5, 1.5),
+    # --- set phrases and syntax
+    ("toda-a-gente", "phrase", r"toda a gente", r"todo mundo", 1.5, 1.5),
+    ("de-pe", "phrase", r"de pé", r"em pé(?! de igualdade)", 0.5, 1.5),
+    ("ao-pe-de", "phrase", r"ao pé d(?:e|o|os|as|a(?! letra))", None, 1.2, None),
+    ("se-calhar", "phrase", r"se calhar", None, 1.5, None),
+    ("ir-ter-com", "phrase",
+     r"(?:ir|vou|vais|vai|vamos|vão|fui|foi|fomos|foram|ia|iam|venho|vens|vem|vir|veio) ter "
+     r"(?:com|contigo|connosco|comigo)", None, 1.5, None),
+    ("ja-agora", "phrase", r"já agora", None, 1.0, None),
+    ("ter-certeza", "phrase",
+     r"(?:tens|tenho|tem|temos|têm|tinha|tinhas|tenhas|tenha) a certeza|de certeza",
+     r"(?:tenho|tem|temos|têm|tinha|tenha) certeza", 1.2, 1.2),
+    ("final-de-semana", "phrase", None, r"finais? de semana", None, 1.5),
+    ("todo-dia", "syntax", None, r"tod[oa] (?:dia|semana|mês|ano|hora|noite|manhã|tarde)",
+     None, 1.2),
+    ("ao-fim-da-tarde", "phrase", r"ao fim d[ao] (?:tarde|manhã|noite|dia|semana)|logo à noite",
+     None, 1.0, None),
+    ("em-casa-de", "phrase", r"em casa d(?:[oa]s?|e)", None, 0.6, None),
+    ("deitar-fora", "phrase",
+     r"deit(?:ar|a|o|as|am|ei|ou|aste|e|em|amos|ámos|ava)(?:-(?:o|a|os|as|lo|la|los|las))?"
+     r"(?: (?!lá |cá |aí |ali |aqui )\w+){0,2} fora",
+     r"jog(?:ar|a|o|am|ou|uei|ue|ando)(?:-(?:o|a|os|as))?"
+     r"(?: (?!lá |cá |aí |ali |aqui |bem |mal |muito )\w+){0,2} fora(?! de)", None, 1.0),
+    ("botar", "lexical", None, r"bot(?:ar|ou|ei|ando|am|amos)", None, 1.0),
+    ("objeto-ele", "syntax", None,
+     r"(?:vi|vimos|viu|conheço|conheci|chamei|encontrei|encontrou|levei|levou|peguei|achei|"
+     r"convidei|ajudei|ajudou|amo|adoro|beijei|abracei|esperei) (?:ele|ela|eles|elas)",
+     None, 1.2),
+    ("assistir-o", "syntax", None,
+     r"assist(?:ir|i|iu|imos|iram|o|e|em|indo|ia) (?:o|um|uma|esse|este|aquele) "
+     r"(?:filme|jogo|programa|vídeo|show|espetáculo|episódio|documentário|desenho)",
+     None, 1.2),
+    ("semana-que-vem", "phrase", None, r"(?:semana|mês|ano) que vem", None, 0.6),
+    # --- forms of address and colloquial markers
+    ("teu", "address", r"teu|tua|teus|tuas", None, 0.7, None),
+    ("esta-bem", "informal", r"(?:^|(?<=[.!?,] ))está bem(?=[.!,])",
+     r"tá (?:bom|legal|ótimo)|tudo bom", 0.6, 1.2),
+    ("bocado", "informal", r"bocad(?:o|inho)", None, 0.6, None),
+    ("epa", "informal", r"epá|ó pá", r"ué|uai", 1.5, 1.5),
+    ("xau", "informal", r"xau|até já", r"cadê", 1.2, 2.0),
+    ("ola", "informal", r"olá", None, 0.4, None),
+    ("chatice", "informal", r"chatices?", r"que saco|saco cheio", 0.5, 1.2),
+    ("chumbar", "informal", r"chumb(?:ar|ei|ou|aste|ado|ada|ados|adas|am|aram)", None,
+     1.2, None),
+    ("beleza", "informal", None, r"(?:^|(?<=[.!?,] ))(?:beleza|nossa)(?=[.!?,]|$)", None, 1.0),
+    ("grana", "informal", None, r"grana", None, 1.0),
 ]
 
 # --- token-level cues (counted by `_token_counts`)
@@ -369,7 +648,7 @@ TOKEN_CUES: list[tuple[str, str, str, float | None]] = [
 
 def _build_cues() -> tuple[list[Cue], dict[str, Cue]]:
     cues: list[Cue] = []
-    for key, kind, pt, br, p_pt, p_br in PAIRS:
+    for key, kind, pt, br, p_pt, p_br in PAIRS + PAIRS_V2:
         for variety, alts, prior in ((PT_PT, pt, p_pt), (PT_BR, br, p_br)):
             if alts is None:
                 continue
@@ -449,7 +728,16 @@ _TU_VERBS = set(
     "chegaste decidiste saíste ouviste pediste conseguiste vieste puseste trouxeste "
     "soubeste tiraste mandaste viste gostaste achaste pensaste esqueceste tires faças "
     "esqueças vás digas queiras possas tenhas estejas sejas venhas chegares puderes "
-    "quiseres fores tiveres".split()
+    "quiseres fores tiveres "
+    # v2: more 2nd-person singular forms (present, preterite, imperfect, conditional);
+    # homographs of common nouns/adjectives (compras, ajudas, chamas, pagas, tiras) left out
+    "tás dás pões lês usas abres ouves dormes jogas estudas escreves percebes entendes "
+    "pedes metes deixas acordas recebes vendes corres sentes bebeste recebeste perdeste "
+    "escolheste conheceste percebeste viveste partiste abriste dormiste sentiste subiste "
+    "venceste correste aprendeste entendeste andavas falavas achavas pensavas gostavas "
+    "moravas trabalhavas ficavas sabias fazias dizias gostarias poderias farias dirias "
+    "terias irias virias preferias devias farás terás serás poderás irás virás estarás "
+    "saberás verás".split()
 )
 _ASTE_NOT_VERB = {"contraste", "desgaste", "haste", "gaste", "baste", "arraste", "traste"}
 _POSSESSIVES = set(
@@ -792,12 +1080,18 @@ def fit(samples: list[dict] | None = None, config: dict | None = None,
     names = [c.name for c in CUES]
     x = feature_matrix([r["text"] for r in train], names)
     y = np.array([1.0 if r["label"] == PT_PT else 0.0 for r in train])
-    res = _fit_map(x, y, CUES, cfg)
-    cues = {c.name: _r(c.sign * u) for c, u in zip(CUES, res["strength"], strict=True)}
+    # Only cues seen in the train split are fitted (and define the group strengths); a cue
+    # that never fires there has no evidence either way and keeps its linguistic prior,
+    # rather than inheriting its group's data-driven shift.
+    seen = x.any(axis=0)
+    fitted = [c for c, s in zip(CUES, seen, strict=True) if s]
+    res = _fit_map(x[:, seen], y, fitted, cfg)
+    strength = dict(zip((c.name for c in fitted), res["strength"], strict=True))
+    cues = {c.name: _r(c.sign * strength.get(c.name, c.prior)) for c in CUES}
     weights = {
         "about": "Signed log-odds per cue (> 0 points to pt-PT); score = sigmoid(bias + "
                  "sum w * min(count, feature_cap)). Produced by components.variety.detector.fit.",
-        "version": 1,
+        "version": 2,
         "feature_cap": FEATURE_CAP,
         "margin": margin,
         "bias": _r(res["bias"]),
@@ -806,6 +1100,7 @@ def fit(samples: list[dict] | None = None, config: dict | None = None,
                     json.dumps(r, ensure_ascii=False, sort_keys=True) for r in samples
                 ).encode("utf-8")).hexdigest()},
         "groups": {k: _r(v) for k, v in sorted(res["groups"].items())},
+        "prior_only": sorted(c.name for c, s in zip(CUES, seen, strict=True) if not s),
         "cues": cues,
     }
     det = CueDetector(weights)
