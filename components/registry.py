@@ -212,14 +212,16 @@ def promote(
         promoted, reason = True, f"no {to_alias} yet"
     elif ch_score is None:
         promoted, reason = False, f"{from_alias} has no '{metric}' tag"
-    elif cp_score is None or ch_score > cp_score + min_improvement:
-        promoted, reason = True, f"{metric} {ch_score:.4f} beats {cp_score}"
+    elif cp_score is None:
+        promoted, reason = True, f"{to_alias} has no '{metric}' tag"
+    elif ch_score > cp_score + min_improvement:
+        promoted, reason = True, f"{metric} {ch_score:.4f} beats {cp_score:.4f}"
     else:
         promoted, reason = False, f"{metric} {ch_score:.4f} does not beat {cp_score:.4f}"
     if promoted:
         _client().set_registered_model_alias(model_name, to_alias, challenger.version)
-    return PromotionDecision(promoted, reason, model_name, challenger.version,
-                             champion.version if champion else None, ch_score, cp_score)
+    return PromotionDecision(promoted, reason, model_name, str(challenger.version),
+                             str(champion.version) if champion else None, ch_score, cp_score)
 
 
 def decision_dict(decision: PromotionDecision) -> dict[str, Any]:
