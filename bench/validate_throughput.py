@@ -91,6 +91,17 @@ def make_records(path: Path, n: int, images: list[Path], eval_images: list[Path]
     tmp.rename(path)
 
 
+def _reap_forkserver() -> None:
+    """Stop multiprocessing's fork server (the stage starts its workers from one when a
+    thread is alive, e.g. the Great Expectations set-up thread) and wait for it, so that
+    `RUSAGE_CHILDREN` includes the workers it forked and reaped."""
+    import multiprocessing.forkserver as forkserver
+
+    server = forkserver._forkserver  # private, but the only handle on it (CPython 3.11)
+    if getattr(server, "_forkserver_pid", None):
+        server._stop()
+
+
 def run_one(records: Path, out: Path, profile: bool) -> dict:
     """One size in this process: the stage body, timed; peak RSS of self and workers."""
     from components.settings import load_settings
@@ -123,6 +134,7 @@ def run_one(records: Path, out: Path, profile: bool) -> dict:
     streamed = time.perf_counter()
     result = sinks.gx.finish()
     elapsed = time.perf_counter() - start
+    _reap_forkserver()  # its workers' CPU and peak RSS count as children once it is reaped
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
         resource.RUSAGE_CHILDREN)
     self_kb, child_kb = me.ru_maxrss, kids.ru_maxrss

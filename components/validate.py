@@ -144,10 +144,11 @@ def phash_int(image: Image.Image, exact: bool = False) -> int:
     imagehash; the default shrinks with Pillow's `reducing_gap=2` first (5x faster on 256 px
     images; the same bits for ~96% of images, at most 2 bits apart otherwise)."""
     grey = image if image.mode == "L" else image.convert("L")
-    small = grey.resize((PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS,
-                        reducing_gap=None if exact else 2.0)
-    dct = _DCT8 @ np.asarray(small, dtype=np.float64) @ _DCT8.T
-    bits = (dct > np.median(dct)).ravel()
+    small = grey if grey.size == (PHASH_SIDE, PHASH_SIDE) else grey.resize(
+        (PHASH_SIDE, PHASH_SIDE), Image.Resampling.LANCZOS, reducing_gap=None if exact else 2.0)
+    dct = (_DCT8 @ np.asarray(small, dtype=np.float64) @ _DCT8.T).ravel()
+    middle = np.partition(dct, (31, 32))[31:33]  # the median of 64 values, as np.median
+    bits = dct > (middle[0] + middle[1]) / 2
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 
@@ -369,7 +370,7 @@ def language_reasons(rec: Record,
     if not cfg.language_check or not rec.language.lower().startswith("pt"):
         return [], None, None
     text = " ".join(t.replace(PLACEHOLDER, " ") for t in rec.all_texts())
-    if sum(c.isalpha() for c in text) < cfg.language_min_chars:
+    if sum(map(str.isalpha, text)) < cfg.language_min_chars:
         return [], None, None
     ranked = _language_identifier(tuple(cfg.language_candidates)).rank(text)
     label = ranked[0][0]
@@ -576,8 +577,8 @@ class EvalHash(NamedTuple):
 
 def _may_be_test(item: Item, spec: InputSpec) -> bool:
     """False only when a JSON-text row cannot be `split: test`: no test-split name appears
-    in it as a JSON string and the input sets no test split. Spares the first pass a full
-    parse of every training row."""
+    in it as a JSON string and the input sets no test split. Spares the first pass shipping
+    and parsing every training row."""
     if not isinstance(item.payload, str):
         return True
     split = spec.defaults().get("split")
@@ -598,8 +599,6 @@ def hash_eval_chunk(chunk: list[tuple[int, Item]]) -> list[EvalHash]:
             spec = InputSpec(location="", format="images")
         else:
             spec = config.specs[index]
-            if not _may_be_test(item, spec):
-                continue
             parsed = parse_item(item, spec)
             if parsed.rec is None or parsed.rec.split != "test":
                 continue
@@ -668,10 +667,16 @@ def input_specs(settings: Settings) -> list[InputSpec]:
     return specs
 
 
-def chunked(specs: list[InputSpec], size: int, hf_split: str) -> Iterator[list[tuple[int, Item]]]:
+def chunked(specs: list[InputSpec], size: int, hf_split: str,
+            keep: Callable[[Item, InputSpec], bool] | None = None,
+            ) -> Iterator[list[tuple[int, Item]]]:
+    """`(input index, item)` pairs of every input in chunks of `size` (only the items
+    `keep` accepts, when given)."""
     chunk: list[tuple[int, Item]] = []
     for index, spec in enumerate(specs):
         for item in iter_items(spec, hf_split):
+            if keep is not None and not keep(item, spec):
+                continue
             chunk.append((index, item))
             if len(chunk) >= size:
                 yield chunk
@@ -700,7 +705,7 @@ def build_eval_index(settings: Settings, config: WorkerConfig) -> EvalIndex:
     if cfg.near_dup_max_distance is None:
         return index
     hashes: list[EvalHash] = []
-    streams = [chunked(config.specs, cfg.chunk_size, settings.ingest.hf_split),
+    streams = [chunked(config.specs, cfg.chunk_size, settings.ingest.hf_split, _may_be_test),
                eval_image_chunks(settings, cfg.chunk_size)]
     for stream in streams:
         for result in ordered_map(hash_eval_chunk, stream, config, cfg.workers,
@@ -821,9 +826,37 @@ def add_suite_expectations(gx: Any, suite: Any, name: str, cfg: ValidateSettings
 
 class GxRunner:
     """Great Expectations 1.x over the kept records: one suite per kind, a checkpoint per
-    suite that updates HTML Data Docs in `docs_dir`, batches of at most `gx_batch_rows`."""
+    suite that updates HTML Data Docs in `docs_dir`, batches of at most `gx_batch_rows`.
 
-    def __init__(self, settings: Settings, docs_dir: Path):
+    Importing GX and building its context costs ~3 s of CPU; with `background=True` that
+    happens on a thread while the stream starts (worker start-up leaves the cores idle),
+    and the first `validate`/`finish` waits for it (re-raising any error)."""
+
+    def __init__(self, settings: Settings, docs_dir: Path, background: bool = False):
+        self._settings, self._docs_dir = settings, Path(docs_dir)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        if background:
+            self._thread = threading.Thread(target=self._setup_catching, name="gx-setup",
+                                            daemon=True)
+            self._thread.start()
+        else:
+            self._setup(settings, self._docs_dir)
+
+    def _setup_catching(self) -> None:
+        try:
+            self._setup(self._settings, self._docs_dir)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller in _ready()
+            self._error = exc
+
+    def _ready(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+    def _setup(self, settings: Settings, docs_dir: Path) -> None:
         os.environ["GX_ANALYTICS_ENABLED"] = "false"  # no network here; before the import
         import great_expectations as gx  # slow import: only when the stage runs
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -865,6 +898,8 @@ class GxRunner:
     def validate(self, name: str, rows: list[dict[str, Any]]) -> None:
         import pandas as pd
 
+        self._ready()
+
         frame = pd.DataFrame(rows, columns=list(GX_COLUMNS))
         result = self._checkpoint(name).run(batch_parameters={"dataframe": frame})
         for run_result in result.run_results.values():
@@ -875,6 +910,7 @@ class GxRunner:
 
     def finish(self) -> dict[str, Any]:
         """Build the Data Docs; the combined result (`success`, `statistics`, `suites`)."""
+        self._ready()
         if self.results:
             self.context.build_data_docs(site_names=["amalia_vl"])
         stats = Counter()
@@ -967,11 +1003,11 @@ def validate_stream(settings: Settings, out: Path, progress: bool = False,
     """Run the checks over every input into `out` (the body of the stage, minus the gates)."""
     cfg = settings.validate_
     specs = input_specs(settings)
+    gx = GxRunner(settings, (out / "gx_docs").resolve(), background=True) if with_gx else None
     config = WorkerConfig(cfg=cfg, data_dir=str(settings.data_dir), specs=specs,
                           endpoint=settings.ingest.s3_endpoint_url)
     config.eval_index = build_eval_index(settings, config)
     out.mkdir(parents=True, exist_ok=True)
-    gx = GxRunner(settings, (out / "gx_docs").resolve()) if with_gx else None
     sinks = Sinks(out, settings, gx)
     tally = Tally()
     seen_ids: set[int] = set()
