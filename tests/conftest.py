@@ -34,9 +34,15 @@ os.environ.pop("PREFECT_API_URL", None)
 @pytest.fixture()
 def mlflow_uri(tmp_path, monkeypatch) -> str:
     """A fresh SQLite MLflow store (artifacts beside it) for one test."""
+    import mlflow
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # default artifact root ./mlruns lands in tmp_path
+    # MLflow's fluent API remembers the last active experiment id process-wide; an id from
+    # an earlier test's store does not exist in this one
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("Default")
     return uri
 
 

@@ -104,6 +104,13 @@ def test_mlflow_parent_and_nested_stage_runs(retrained):
     sft = next(r for r in children if r.data.tags["amalia.stage"] == "sft")
     assert "loss_last" in sft.data.metrics
     assert len(client.get_metric_history(sft.info.run_id, "loss")) > 1
+    by_stage = {r.data.tags["amalia.stage"]: r.info.run_id for r in children}
+    mix_files = {a.path for a in client.list_artifacts(by_stage["mix"])}
+    assert {"mix_report.json", "mix_report.png"} <= mix_files
+    gx_docs = {a.path for a in client.list_artifacts(by_stage["validate"], "gx_docs")}
+    assert "gx_docs/index.html" in gx_docs
+    eval_files = {a.path for a in client.list_artifacts(by_stage["evaluate"])}
+    assert "results.png" in eval_files
 
 
 def test_registered_challenger_and_ask_through_registry(retrained):

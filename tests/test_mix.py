@@ -104,6 +104,22 @@ def test_mix_is_deterministic(prepared, tmp_path: Path) -> None:
     assert ids != sorted(ids)  # shuffled
 
 
+def test_the_seed_decides_the_sample(prepared) -> None:
+    """A fractional weight samples records with the seed: another seed, another sample."""
+    data, run = prepared
+    weights = {"align": {"native": 0.5, "seed": 1.0}}
+
+    def native_align_ids(seed: int) -> list[str]:
+        mix(data, run, mix=weights, seed=seed)
+        return sorted(r.id for r in read_records(run / "mix" / "align.jsonl")
+                      if r.source == "native")
+
+    first, again, other = native_align_ids(1), native_align_ids(1), native_align_ids(2)
+    assert first == again
+    assert len(first) == len(other) == 20  # half of the 40 native captions either way
+    assert first != other
+
+
 def test_leak_check_refuses_shared_images(prepared) -> None:
     _, run = prepared
     records = read_records(run / "validate" / "native.jsonl")
