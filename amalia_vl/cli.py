@@ -174,7 +174,11 @@ def ask(
         from components.images import open_rgb
 
         open_rgb(image)  # fail on a bad image before importing torch or loading a model
+        from transformers.utils import logging as hf_logging
+
         from components.inference import ask as do_ask
+
+        hf_logging.disable_progress_bar()  # a weight-loading bar would trail the answer
         from components.registry import resolve_model_dir
 
         answer = do_ask(resolve_model_dir(model), image, question, max_new_tokens)
