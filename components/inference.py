@@ -32,8 +32,10 @@ def generate_answers(
     max_new_tokens: int,
     batch_size: int,
     progress: bool = False,
+    stop_strings: list[str] | None = None,
 ) -> list[str]:
-    """Greedy answers, in order, to `(image_path, question)` items."""
+    """Greedy answers, in order, to `(image_path, question)` items; decoding of an answer
+    ends at end-of-sequence, `max_new_tokens` or any of `stop_strings`."""
     configure_threads()
     model.eval()
     first = next(model.parameters())
@@ -57,9 +59,12 @@ def generate_answers(
             batch = collate(encoded, tokenizer.pad_token_id, padding_side="left")
             batch.pop("labels")
             batch = to_device(batch, first.device, first.dtype)
+            stop = {"stop_strings": list(stop_strings), "tokenizer": tokenizer} \
+                if stop_strings else {}
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False,
                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                **stop,
             )
             new = out[:, batch["input_ids"].shape[1]:]
             answers.extend(t.strip() for t in tokenizer.batch_decode(new,

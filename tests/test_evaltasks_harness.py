@@ -265,21 +265,6 @@ def test_ai2d_scores_the_extracted_letter_and_realworldqa_chance(tmp_path) -> No
     assert score_task(task, ["(C)", "2"]).result["chance"] == pytest.approx((1 / 3 + 0) / 2)
 
 
-def test_stop_strings_go_to_generate() -> None:
-    from components.evaltasks.harness import StopAt
-
-    class Fake:
-        training = False
-
-        def generate(self, *args, **kwargs):
-            return kwargs
-
-    runner = StopAt(Fake(), ["ASSISTANT:"], tokenizer="tok")
-    assert runner.generate(max_new_tokens=3) == {
-        "max_new_tokens": 3, "stop_strings": ["ASSISTANT:"], "tokenizer": "tok"}
-    assert runner.training is False  # everything else is the model's
-
-
 def test_tiny_model_stops_at_the_tasks_stop_strings(chart_parquet, tmp_path,
                                                     monkeypatch) -> None:
     from components.evaltasks.prompts import extract_answer

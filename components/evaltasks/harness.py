@@ -129,35 +129,16 @@ def max_new_tokens_for(spec: TaskSpec, default: int, cap: int | None = None) -> 
     return min(n, cap) if cap else n
 
 
-class StopAt:
-    """`model` with `stop_strings` (and the tokenizer they need) added to every `generate`
-    call; everything else is the model's own. `generate_answers` takes no generation
-    keywords, so the stop strings travel with the model."""
-
-    def __init__(self, model, stop_strings: list[str], tokenizer):
-        self._model = model
-        self._stop = list(stop_strings)
-        self._tokenizer = tokenizer
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._model, name)
-
-    def generate(self, *args, **kwargs):
-        return self._model.generate(*args, stop_strings=self._stop, tokenizer=self._tokenizer,
-                                    **kwargs)
-
-
 def generate(model, processor, task: PreparedTask, *, max_new_tokens: int, batch_size: int,
              progress: bool = False) -> list[str]:
     """Raw greedy generations for every sample of `task`, in order; decoding of a sample
     ends at the task's stop strings (`generation.until`) or `max_new_tokens`."""
     from components.inference import generate_answers
 
-    stop = [s for s in task.spec.generation.until if s]
-    runner = StopAt(model, stop, processor.tokenizer) if stop else model
     items = [(s.image, s.prompt) for s in task.samples]
-    return generate_answers(runner, processor, items, max_new_tokens=max_new_tokens,
-                            batch_size=batch_size, progress=progress)
+    return generate_answers(model, processor, items, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, progress=progress,
+                            stop_strings=[s for s in task.spec.generation.until if s])
 
 
 def _clean(value: Any) -> Any:
