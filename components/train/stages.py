@@ -49,9 +49,6 @@ from components.train.loop import TrainHistory, train_loop
 
 log = logging.getLogger(__name__)
 MAX_DATA_SIZES_CHECKED = 64
-# weight of the chosen-answer NLL added to the DPO loss (see components/train/dpo.py): pure
-# DPO (0.0) made the tiny model stop ending its answers on held-out questions
-DPO_NLL_WEIGHT = 1.0
 
 
 def mix_texts(mix_dir: Path) -> list[str]:
@@ -214,8 +211,9 @@ def run_dpo(ctx: StageContext) -> StageOutput:
     examples = [e for pair in [*train_set.pairs, *eval_set.pairs] for e in pair]
     check_image_token_agreement(processor, model, [*PROBE_SIZES, *_data_sizes(examples)])
 
-    # params.yaml `dpo.rpo_alpha` once the settings schema has it, else the measured default
-    nll_weight = float(getattr(train, "rpo_alpha", DPO_NLL_WEIGHT))
+    # weight of the chosen-answer NLL added to the DPO loss (components/train/dpo.py): pure
+    # DPO (0.0) made the tiny model stop ending its answers on held-out questions
+    nll_weight = train.rpo_alpha
     counts = set_trainable(model, train.trainable)
     reference = make_reference(model)
     eval_loader = _loader(eval_set, train.batch_size, pad, s.seed, shuffle=False,
