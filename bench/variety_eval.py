@@ -29,12 +29,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from components.manifest import sha256_file  # noqa: E402
 from components.variety.detector import (  # noqa: E402
     PT_BR,
     PT_PT,
     TEST_PATH,
     TEST_SET_SHA256,
-    file_sha256,
     load_samples,
     load_test_set,
     make_detector,
@@ -92,7 +92,7 @@ def main() -> None:
     test = load_test_set()
     dev = [r for r in samples if r["split"] == "dev"]
     train = [r for r in samples if r["split"] == "train"]
-    sha = file_sha256(TEST_PATH)
+    sha = sha256_file(TEST_PATH)
     result = {
         "command": "python bench/variety_eval.py" + (f" --kind {args.kind}" if args.kind != "cues"
                                                      else "")

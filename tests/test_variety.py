@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from components.errors import ConfigError, MissingInputError
+from components.manifest import sha256_file
 from components.variety import detector as vd
 from components.variety.detector import (
     PT_BR,
@@ -19,7 +20,6 @@ from components.variety.detector import (
     HFClassifierDetector,
     VarietyDetector,
     assign_splits,
-    file_sha256,
     fit,
     load_samples,
     load_test_set,
@@ -98,7 +98,7 @@ def test_assign_splits_keeps_pairs_together():
 
 
 def test_heldout_test_set_is_independent_frozen_and_balanced(samples, test_set):
-    assert file_sha256(vd.TEST_PATH) == vd.TEST_SET_SHA256  # unchanged since first scored
+    assert sha256_file(vd.TEST_PATH) == vd.TEST_SET_SHA256  # unchanged since first scored
     assert len(test_set) >= 120 and {s["split"] for s in test_set} == {"test"}
     assert len({s["text"] for s in test_set}) == len(test_set)
     assert not {s["text"] for s in test_set} & {s["text"] for s in samples}

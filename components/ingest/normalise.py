@@ -169,16 +169,24 @@ class ImageSink:
         self.locators.append(name)
 
 
-def _collect_images(row: dict[str, Any], sink: ImageSink) -> None:
+def _image_column(row: dict[str, Any]) -> tuple[str, list[Any]] | None:
+    """`(column, values)` of the first `IMAGE_KEYS` column of a foreign row holding an
+    image or a non-empty list of them (a lone value as a list); None when there is none."""
     for key in IMAGE_KEYS:
         value = row.get(key)
         if value is None or (isinstance(value, list) and not value):
             continue
-        values = value if isinstance(value, list) else [value]
+        return key, value if isinstance(value, list) else [value]
+    return None
+
+
+def _collect_images(row: dict[str, Any], sink: ImageSink) -> None:
+    column = _image_column(row)
+    if column is not None:
+        key, values = column
         for i, v in enumerate(values):
             if v is not None:
                 sink.add(v, key, i)
-        return
 
 
 def image_paths(row: dict[str, Any]) -> list[str]:
@@ -187,8 +195,7 @@ def image_paths(row: dict[str, Any]) -> list[str]:
     if "kind" in row:
         value = row.get("images") or row.get("image")
     else:
-        value = next((row[k] for k in IMAGE_KEYS if row.get(k) is not None
-                      and not (isinstance(row[k], list) and not row[k])), None)
+        value = (_image_column(row) or ("", []))[1]
     out = []
     for v in value if isinstance(value, list) else [value]:
         if isinstance(v, dict) and not v.get("bytes"):

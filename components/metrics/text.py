@@ -279,8 +279,8 @@ def ocrbench_accuracy(prediction: str, answers: list[str], dataset: str | None =
 
 # ---------------------------------------------------------------- yes / no
 
-_YES_WORDS = frozenset({"yes", "sim"})
-_NO_WORDS = frozenset({"no", "não", "nao"})
+_YES_WORDS = frozenset(w for w, label in YES_NO.items() if label == "yes")
+_NO_WORDS = frozenset(w for w, label in YES_NO.items() if label == "no")
 _STANDALONE_NO = re.compile(r"^no(?=[^\w\s]|$)")
 
 

@@ -969,10 +969,6 @@ def load_test_set(path: str | Path | None = None) -> list[dict]:
     return load_samples(path or TEST_PATH)
 
 
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def assign_splits(samples: list[dict], dev_fraction: float = DEV_FRACTION) -> list[dict]:
     """Deterministic split by parallel pair: within each domain, the `dev_fraction` of
     pairs (rows sharing `pair`; a row without one is its own pair) with the smallest
