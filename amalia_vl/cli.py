@@ -50,6 +50,21 @@ ProfileOpt = typer.Option(None, "--profile", "-p",
                           help="params.yaml profile (default: its `profile` key, or "
                                "AMALIA_PROFILE)")
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="show progress bars")
+NprocOpt = typer.Option(1, "--nproc", help="training stages: processes per node, started by "
+                        "torchrun (one per GPU; on CPU: gloo, at most one per core)")
+NnodesOpt = typer.Option(1, "--nnodes", help="training stages: nodes of a multi-node launch "
+                         "(each runs the same command; needs --rdzv-endpoint)")
+NodeRankOpt = typer.Option(None, "--node-rank", help="this node's rank in a multi-node launch")
+RdzvOpt = typer.Option(None, "--rdzv-endpoint", help="HOST:PORT of the torchrun rendezvous "
+                       "(node 0), as a Kubernetes PyTorchJob / JobSet passes it")
+RestartOpt = typer.Option(False, "--restart", help="training stages: discard the stage's "
+                          "checkpoints instead of resuming from the newest one")
+
+
+def _launch(nproc: int, nnodes: int, node_rank: int | None, rdzv_endpoint: str | None):
+    from components.train.distributed import Launch
+
+    return Launch(nproc=nproc, nnodes=nnodes, node_rank=node_rank, rdzv_endpoint=rdzv_endpoint)
 
 
 def _fail(exc: AmaliaError) -> None:
@@ -70,9 +85,17 @@ def retrain(
     start: str | None = typer.Option(None, help="first stage to run (default: validate)"),
     stop: str | None = typer.Option(None, help="last stage to run (default: register)"),
     progress: bool = ProgressOpt,
+    nproc: int = NprocOpt,
+    nnodes: int = NnodesOpt,
+    node_rank: int | None = NodeRankOpt,
+    rdzv_endpoint: str | None = RdzvOpt,
+    restart: bool = RestartOpt,
 ) -> None:
     """Full retrain as a Prefect flow: validate -> translate -> mix -> align -> sft -> dpo
-    -> evaluate -> register, tracked in MLflow, ending with amalia-vl@challenger."""
+    -> evaluate -> register, tracked in MLflow, ending with amalia-vl@challenger.
+
+    With --nproc N the training stages (align, sft, dpo) run on N processes through
+    torchrun; a training stage interrupted earlier resumes from its newest checkpoint."""
     try:
         from components.settings import load_settings
 
@@ -81,10 +104,17 @@ def retrain(
             if name and name not in STAGES:
                 raise AmaliaError(f"unknown stage '{name}'", f"stages are: {', '.join(ORDER)}")
         target = _run_dir(run_dir, settings)
+        launch = _launch(nproc, nnodes, node_rank, rdzv_endpoint)
+        if launch.distributed:
+            from components.train.distributed import check_nproc
+
+            check_nproc(nproc, nnodes)
         from flows.retrain import retrain_flow
 
         summary = retrain_flow(profile=settings.profile, run_dir=str(target), start=start,
-                               stop=stop, progress=progress)
+                               stop=stop, progress=progress, nproc=nproc, nnodes=nnodes,
+                               node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
+                               restart=restart)
     except AmaliaError as exc:
         _fail(exc)
     _print_summary(summary)
@@ -110,7 +140,10 @@ def _print_summary(summary: dict) -> None:
         console.print(f"registered: {reg['version_uri']} -> alias {reg['model_uri']}")
 
 
-@app.command(help=f"Run one stage into <run-dir>/<stage>/.\n\nStages:\n\n{STAGE_HELP}")
+@app.command(help=f"Run one stage into <run-dir>/<stage>/.\n\nStages:\n\n{STAGE_HELP}\n\n"
+             "Training stages (align, sft, dpo) run on the transformers Trainer; --nproc N "
+             "starts N processes with torchrun. Re-running an interrupted training stage "
+             "resumes from its newest checkpoint (--restart discards them).")
 def stage(
     name: str = typer.Argument(..., help=f"one of: {', '.join(ORDER)}"),
     run_dir: Path | None = typer.Option(
@@ -122,6 +155,11 @@ def stage(
         "[FORMAT:]PATH | s3://bucket/key | hf://ID_OR_PATH, optionally "
         "?source=..&language=..&split=..&task_family=..; formats: llava, jsonl, hf, parquet, "
         "imagefolder (auto-detected)"),
+    nproc: int = NprocOpt,
+    nnodes: int = NnodesOpt,
+    node_rank: int | None = NodeRankOpt,
+    rdzv_endpoint: str | None = RdzvOpt,
+    restart: bool = RestartOpt,
 ) -> None:
     try:
         from components.pipeline import run_tracked_stage
@@ -135,7 +173,16 @@ def stage(
                                  overrides={"ingest": {"inputs": inputs}} if inputs else None)
         target = _run_dir(run_dir, settings)
         check_prerequisites(name, target, settings)  # fail before MLflow opens a run
-        manifest = run_tracked_stage(name, settings, target, progress=progress)
+        launch = _launch(nproc, nnodes, node_rank, rdzv_endpoint)
+        if launch.distributed:
+            from components.train.distributed import TRAINING_STAGES, check_nproc
+
+            if name not in TRAINING_STAGES:
+                raise AmaliaError(f"--nproc applies to the training stages "
+                                  f"({', '.join(TRAINING_STAGES)}), not '{name}'")
+            check_nproc(nproc, nnodes)
+        manifest = run_tracked_stage(name, settings, target, progress=progress,
+                                     restart=restart, launch=launch)
     except AmaliaError as exc:
         _fail(exc)
     console.print(f"[green]{name}[/] done -> {target / name}  counts={manifest['counts']}")

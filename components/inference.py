@@ -1,9 +1,11 @@
 """Answering questions about images with a trained amalia-vl model (greedy decoding).
 
 `generate_answers` is the batch path (evaluation, serving): prompts are built with the
-same chat template and encoding as training (`components.train.data`), left-padded so
-every row's answer starts at the same column, decoded greedily until `</s>` or
-`max_new_tokens`, and returned stripped. `ask` answers one question from a saved model
+same chat template and encoding as training (`components.train.chat.ChatFormat`, the
+model's own template), left-padded so every row's answer starts at the same column,
+decoded greedily until the template's end-of-turn token (`ChatFormat.stop_token_ids`:
+`</s>` for the tiny template, `<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3, plus
+eos) or `max_new_tokens`, and returned stripped. `ask` answers one question from a saved model
 folder (the CLI face; MLflow `models:/` URIs are resolved to a folder before the call).
 
 Any readable image works: RGBA, greyscale, palette, 16-bit, 1x1 or 4000x3000 (anyres
@@ -20,8 +22,17 @@ from typing import Any
 import torch
 
 from components.accel import configure_threads
-from components.train.data import Encoded, collate, encode_prompt, load_image
-from components.train.loop import to_device
+from components.train.chat import ChatFormat, collate_tokenized, pixel_inputs
+from components.train.data import load_image
+
+
+def _to_device(batch: dict[str, torch.Tensor], device, dtype) -> dict[str, torch.Tensor]:
+    """Tensors onto `device`; floating ones (pixels) also cast to the model's `dtype`."""
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device)
+        out[k] = v.to(dtype) if v.is_floating_point() else v
+    return out
 
 
 @torch.no_grad()
@@ -33,13 +44,17 @@ def generate_answers(
     batch_size: int,
     progress: bool = False,
     stop_strings: list[str] | None = None,
+    chat: ChatFormat | None = None,
 ) -> list[str]:
     """Greedy answers, in order, to `(image_path, question)` items; decoding of an answer
-    ends at end-of-sequence, `max_new_tokens` or any of `stop_strings`."""
+    ends at the template's end of turn, end-of-sequence, `max_new_tokens` or any of
+    `stop_strings`. `chat`: the `ChatFormat` the model was trained with (its system
+    prompt); default: `ChatFormat(processor)`."""
     configure_threads()
     model.eval()
     first = next(model.parameters())
     tokenizer = processor.tokenizer
+    chat = chat or ChatFormat(processor)
     answers: list[str] = []
     bar = task = None
     if progress and items:
@@ -51,19 +66,21 @@ def generate_answers(
     try:
         for start in range(0, len(items), batch_size):
             chunk = items[start: start + batch_size]
-            encoded = []
+            prompts, pixels = [], []
             for path, question in chunk:
-                prompt = encode_prompt(processor, load_image(path), question)
-                encoded.append(Encoded(str(path), prompt["input_ids"], prompt["input_ids"],
-                                       prompt["pixel_values"], prompt["image_sizes"]))
-            batch = collate(encoded, tokenizer.pad_token_id, padding_side="left")
+                image = load_image(path)
+                prompt = chat.generation_prompt(question, [(image.height, image.width)])
+                prompts.append(prompt)
+                pixels.append(pixel_inputs(processor, [image], prompt.image_sizes)[0])
+            batch = collate_tokenized(prompts, pixels, tokenizer.pad_token_id,
+                                      padding_side="left")
             batch.pop("labels")
-            batch = to_device(batch, first.device, first.dtype)
+            batch = _to_device(batch, first.device, first.dtype)
             stop = {"stop_strings": list(stop_strings), "tokenizer": tokenizer} \
                 if stop_strings else {}
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=chat.stop_token_ids,
                 **stop,
             )
             new = out[:, batch["input_ids"].shape[1]:]

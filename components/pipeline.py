@@ -1,6 +1,7 @@
 """Run stages with tracking: the one call shared by the CLI, DVC and Prefect tasks.
 
-`run_tracked_stage` wraps `components.stages.run_stage` in an MLflow stage run;
+`run_tracked_stage` wraps `components.stages.run_stage` in an MLflow stage run (and, for
+a training stage on several processes, launches it through torchrun first);
 `run_chain` runs a list of stages in order (the CLI's `retrain --no-prefect` and tests).
 """
 
@@ -9,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from components.manifest import read_manifest
 from components.settings import Settings
 from components.stages import ORDER, run_stage
+from components.train.distributed import Launch
 
 
 def run_tracked_stage(
@@ -19,13 +22,40 @@ def run_tracked_stage(
     run_dir: Path,
     parent_run_id: str | None = None,
     progress: bool = True,
+    restart: bool = False,
+    launch: Launch | None = None,
+    params_path: str | None = None,
 ) -> dict[str, Any]:
-    """Run one stage inside its MLflow run; returns the stage manifest."""
-    from components.tracking import stage_run
+    """Run one stage inside its MLflow run; returns the stage manifest.
 
-    with stage_run(settings, name, run_dir, parent_run_id) as tracked:
+    A training stage with a distributed `launch` (`--nproc N`, multi-node) is started
+    through torchrun: each worker process comes back here as one rank, and rank 0 opens
+    the MLflow run. A training stage that resumes from its checkpoints continues the
+    MLflow run it started (the id is kept beside the checkpoints), not a new one.
+    """
+    from components.tracking import stage_run
+    from components.train import checkpoints
+    from components.train.distributed import TRAINING_STAGES, launch_stage, world
+
+    run_dir = Path(run_dir)
+    if launch is not None and launch.distributed and world().world_size == 1:
+        if name not in TRAINING_STAGES:
+            return run_tracked_stage(name, settings, run_dir, parent_run_id, progress,
+                                     restart)
+        launch_stage(name, run_dir, launch, profile=settings.profile, params_path=params_path,
+                     parent_run_id=parent_run_id, restart=restart, progress=progress)
+        return read_manifest(run_dir, name)
+    ckpt_dir = run_dir / name / "checkpoints"
+    resume_id = None
+    if name in TRAINING_STAGES:
+        if restart:
+            checkpoints.discard(ckpt_dir)
+        resume_id = checkpoints.mlflow_run_id(ckpt_dir)
+    with stage_run(settings, name, run_dir, parent_run_id, resume_run_id=resume_id) as tracked:
+        if name in TRAINING_STAGES:
+            checkpoints.remember_mlflow_run(ckpt_dir, tracked.run_id)
         output, manifest = run_stage(name, settings, run_dir, tracked.log_metrics, progress)
-        tracked.finish(Path(run_dir) / name, output, manifest)
+        tracked.finish(run_dir / name, output, manifest)
     manifest["mlflow_run_id"] = tracked.run_id
     return manifest
 

@@ -171,6 +171,8 @@ class ModelSettings(_Section):
     image_grid_pinpoints: list[tuple[int, int]] = [(32, 32), (32, 64), (64, 32), (64, 64)]
     connector: Literal["mlp2x_gelu", "linear"] = "mlp2x_gelu"
     max_length: int = Field(256, ge=16, description="max tokens per sample, image tokens included")
+    vision_feature_layer: int = Field(-1, description="vision tower layer fed to the "
+                                      "connector (LLaVA-NeXT: -2, the penultimate)")
 
     @field_validator("image_grid_pinpoints")
     @classmethod
@@ -188,13 +190,75 @@ class ModelSettings(_Section):
 
 
 class TrainSettings(_Section):
+    """One training stage (align, sft or dpo): schedule, batch and trainable parts.
+
+    `global_batch_size` is what the recipe means by "batch": samples (DPO: pairs) per
+    optimizer step over all processes. It resolves to `per_device_batch_size` x gradient
+    accumulation x world size (`components.train.engine.resolve_batch`); null
+    `per_device_batch_size` puts the whole global batch on each device's share (no
+    accumulation). `learning_rate` is the peak rate of the connector; each trainable part
+    trains at `learning_rate x lr_multipliers[part]` (the table beside `freeze.PARTS`).
+    """
+
     epochs: int = Field(1, ge=0)
-    batch_size: int = Field(8, ge=1)
+    global_batch_size: int = Field(8, ge=1, description="samples (dpo: pairs) per optimizer "
+                                   "step, all processes together")
+    per_device_batch_size: int | None = Field(None, ge=1, description="micro-batch per "
+                                              "process; null = global / world size")
     learning_rate: float = Field(1e-3, gt=0)
+    lr_multipliers: dict[TrainablePart, float] = Field(
+        default_factory=lambda: {"connector": 1.0, "language_model": 1.0, "vision_tower": 0.1},
+        description="per-part factor on learning_rate (LLaVA-NeXT trains the tower ~10x lower)")
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="linear warm-up share")
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0, description="cosine floor / peak")
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_grad_norm: float = Field(1.0, ge=0.0, description="0 = no clipping")
     trainable: list[TrainablePart] = ["connector"]
     beta: float = Field(0.1, gt=0, description="DPO temperature (dpo stage only)")
     rpo_alpha: float = Field(0.0, ge=0, description="dpo only: weight of the chosen-answer NLL "
                              "added to the DPO loss (RPO); 0 = pure DPO")
+    precompute_ref_log_probs: bool = Field(
+        False, description="dpo only: score the reference once before training (the policy "
+        "at step 0) instead of keeping a frozen copy in memory")
+
+
+class EngineSettings(_Section):
+    """How every training stage runs (`train:` in params.yaml): the transformers `Trainer`
+    with a distributed strategy, precision, checkpoints, budgets and logging.
+
+    - `precision`: `auto` (bf16 on a bf16 GPU, else fp32), `fp32`, `bf16` (autocast with
+      fp32 master weights and optimizer state: never pure-bf16 AdamW), `fp16` (GPU only,
+      loss scaling).
+    - `strategy`: `ddp` (torch DDP; gloo on CPU, NCCL on GPU), `zero2` / `zero3` (DeepSpeed
+      ZeRO, config generated into the stage folder), `fsdp` (torch FSDP full shard).
+      DeepSpeed and FSDP need CUDA: on CPU they fall back to DDP, and the log says so.
+    - `deepspeed_config`: a DeepSpeed JSON of your own instead of the generated one
+      (checked against the resolved batch sizes).
+    - `save_steps` / `save_total_limit`: checkpoints in `<run>/<stage>/checkpoints/`; a
+      re-run of the stage resumes from the newest one (`--restart` discards them).
+    - `max_tiles` / `model.max_length`: per-sample budgets; images are scaled down to fit,
+      and a sample that still cannot fit is skipped (`skipped.jsonl`), never a crash;
+      more than `max_skip_ratio` skipped fails the stage.
+    """
+
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    strategy: Literal["ddp", "zero2", "zero3", "fsdp"] = "ddp"
+    deepspeed_config: str | None = None
+    gradient_checkpointing: bool = False
+    save_steps: int = Field(200, ge=1, description="optimizer steps between checkpoints")
+    save_total_limit: int = Field(2, ge=1)
+    keep_checkpoints: bool = Field(False, description="keep checkpoints/ after a stage "
+                                   "finishes (they hold optimizer state: large)")
+    logging_steps: int = Field(10, ge=1, description="optimizer steps between MLflow metrics")
+    dataloader_workers: int = Field(0, ge=0, description="processes decoding and tiling "
+                                    "images (0 = in the training process)")
+    max_tiles: int | None = Field(None, ge=1, description="anyres tiles per sample, all its "
+                                  "images together; null = no limit")
+    max_skip_ratio: float = Field(0.05, ge=0.0, le=1.0, description="fail the stage when a "
+                                  "larger share of samples cannot fit the budgets")
+    system_prompt: str | None = Field(None, description="system turn added to every sample "
+                                      "(and to generation prompts)")
+    ddp_timeout_s: int = Field(1800, ge=60)
 
 
 class EvaluateSettings(_Section):
@@ -244,6 +308,7 @@ class Settings(_Section):
     translate: TranslateSettings = TranslateSettings()
     mix: MixSettings = MixSettings()
     model: ModelSettings = ModelSettings()
+    train_: EngineSettings = Field(EngineSettings(), alias="train")
     align: TrainSettings = TrainSettings(trainable=["connector"])
     sft: TrainSettings = TrainSettings(trainable=["connector", "language_model"])
     dpo: TrainSettings = TrainSettings(trainable=["connector", "language_model"])
@@ -254,9 +319,14 @@ class Settings(_Section):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    def train(self, stage: str) -> TrainSettings:
+    def stage_train(self, stage: str) -> TrainSettings:
         """Training settings of `align`, `sft` or `dpo`."""
         return getattr(self, stage)
+
+    @property
+    def engine(self) -> EngineSettings:
+        """The `train:` section: how every training stage runs."""
+        return self.train_
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

@@ -122,22 +122,48 @@ def check_prerequisites(name: str, run_dir: Path, settings: Settings) -> dict[st
             for req in spec.requires}
 
 
+def _clear(out_dir: Path, keep: tuple[str, ...]) -> None:
+    """Empty `out_dir` except the entries named in `keep` (created when missing)."""
+    if out_dir.exists():
+        for child in out_dir.iterdir():
+            if child.name in keep:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
 def run_stage(
     name: str,
     settings: Settings,
     run_dir: Path,
     log_metrics: MetricLogger = _no_metrics,
     progress: bool = True,
+    restart: bool = False,
 ) -> tuple[StageOutput, dict[str, Any]]:
-    """Run one stage into `<run_dir>/<name>/`; returns its output and manifest."""
+    """Run one stage into `<run_dir>/<name>/`; returns its output and manifest.
+
+    A re-run replaces the stage's outputs whole, except a training stage's
+    `checkpoints/`, which it resumes from (`restart=True` discards them first). Under
+    torchrun every rank runs the stage; rank 0 alone prepares the folder and writes the
+    manifest (other ranks return an empty manifest).
+    """
+    from components.train.distributed import TRAINING_STAGES, world
+
     spec = get_spec(name)
+    ws = world()
     inputs = check_prerequisites(name, run_dir, settings)
     ctx = StageContext(name, settings, Path(run_dir), log_metrics, progress)
-    if ctx.out_dir.exists():
-        shutil.rmtree(ctx.out_dir)  # a re-run replaces the stage's outputs whole
-    ctx.out_dir.mkdir(parents=True)
+    keep = ("checkpoints",) if name in TRAINING_STAGES and not restart else ()
+    if ws.is_main:
+        _clear(ctx.out_dir, keep)
+    ws.barrier()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     output = spec.function()(ctx)
+    if not ws.is_main:
+        return output, {}
     manifest = write_manifest(
         ctx.out_dir, name, inputs=inputs, counts=output.counts, metrics=output.metrics,
         config_digest=settings.digest(), started=started,

@@ -181,9 +181,11 @@ def parent_run(settings: Any, run_dir: Path, run_name: str | None = None) -> Ite
 
 @contextmanager
 def stage_run(
-    settings: Any, stage: str, run_dir: Path, parent_run_id: str | None = None
+    settings: Any, stage: str, run_dir: Path, parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[StageRun]:
-    """Open the MLflow run of one stage (nested under `parent_run_id` when given).
+    """Open the MLflow run of one stage (nested under `parent_run_id` when given), or
+    reopen `resume_run_id` (a training stage resuming from its checkpoints).
 
     Works from any thread or process: the parent is named explicitly, not taken from
     MLflow's thread-local active-run stack. The run records the datasets the stage reads
@@ -196,6 +198,20 @@ def stage_run(
             "amalia.profile": settings.profile, "amalia.config_digest": settings.digest()}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    with mlflow.start_run(run_name=stage, tags=tags, nested=bool(parent_run_id)) as run:
-        log_stage_inputs(mlflow, settings, stage, run_dir)
+    if resume_run_id:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mlflow.get_run(resume_run_id)
+        except MlflowException:  # another tracking store: start a new run
+            resume_run_id = None
+    if resume_run_id:
+        context = mlflow.start_run(run_id=resume_run_id, nested=bool(parent_run_id))
+    else:
+        context = mlflow.start_run(run_name=stage, tags=tags, nested=bool(parent_run_id))
+    with context as run:
+        if resume_run_id:
+            mlflow.set_tags({**tags, "amalia.resumed": "true"})
+        else:
+            log_stage_inputs(mlflow, settings, stage, run_dir)
         yield StageRun(mlflow, run.info.run_id)

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.context import get_run_context
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from components.manifest import new_run_dir
 from components.pipeline import run_tracked_stage, stages_from
 from components.settings import load_settings
 from components.tracking import parent_run
+from components.train.distributed import Launch
 
 # Training stages may hit transient worker faults (preemption, NCCL timeouts) on GPU pools;
 # data stages are deterministic and fail for real reasons, so they are not retried.
@@ -32,11 +34,18 @@ RETRIES = {"align": 1, "sft": 1, "dpo": 1}
 @task(task_run_name="{name}")
 def stage_task(
     name: str, profile: str, params_path: str | None, run_dir: str,
-    parent_run_id: str | None, progress: bool,
+    parent_run_id: str | None, progress: bool, launch: dict[str, Any] | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
-    """Run one pipeline stage (settings re-read so the task is self-contained)."""
+    """Run one pipeline stage (settings re-read so the task is self-contained). Training
+    stages run on `launch` (torchrun: processes per node, nodes, rendezvous) and resume
+    from their checkpoints on a retry."""
     settings = load_settings(profile, params_path)
-    manifest = run_tracked_stage(name, settings, Path(run_dir), parent_run_id, progress)
+    # a retry after a worker fault resumes from the checkpoints the first try left
+    first_try = getattr(getattr(get_run_context(), "task_run", None), "run_count", 1) <= 1
+    manifest = run_tracked_stage(name, settings, Path(run_dir), parent_run_id, progress,
+                                 restart=restart and first_try, launch=Launch(**launch) if launch else None,
+                                 params_path=params_path)
     get_run_logger().info("stage %s done: counts=%s", name, manifest["counts"])
     return manifest
 
@@ -49,8 +58,16 @@ def retrain_flow(
     start: str | None = None,
     stop: str | None = None,
     progress: bool = True,
+    nproc: int = 1,
+    nnodes: int = 1,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
+    restart: bool = False,
 ) -> dict[str, Any]:
     """Full retrain on `profile` into `run_dir` (new under runs/ by default).
+
+    `nproc`/`nnodes`/`node_rank`/`rdzv_endpoint`: how the training stages are launched
+    (torchrun); `restart`: discard training checkpoints instead of resuming from them.
 
     `start`/`stop` restrict the chain (e.g. start=sft re-runs from sft on an existing
     run directory). Returns a summary: run dir, MLflow parent run, per-stage counts,
@@ -62,12 +79,14 @@ def retrain_flow(
     logger = get_run_logger()
     logger.info("retrain: profile=%s run_dir=%s", settings.profile, run_path)
 
+    launch = {"nproc": nproc, "nnodes": nnodes, "node_rank": node_rank,
+              "rdzv_endpoint": rdzv_endpoint}
     manifests: dict[str, dict[str, Any]] = {}
     with parent_run(settings, run_path) as parent_id:
         for name in stages_from(start, stop):
             runner = stage_task.with_options(retries=RETRIES.get(name, 0))
             manifests[name] = runner(name, settings.profile, params_path, str(run_path),
-                                     parent_id, progress)
+                                     parent_id, progress, launch, restart)
         results_md = run_path / "evaluate" / "results.md"
         if results_md.exists():
             create_markdown_artifact(

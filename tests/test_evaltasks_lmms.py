@@ -193,7 +193,8 @@ def test_llava_hf_sends_the_token_ids_our_harness_sends(chart_export) -> None:
 
     from components.model.build import build_tiny_model
     from components.settings import load_settings
-    from components.train.data import encode_prompt, load_image
+    from components.train.chat import ChatFormat, pixel_inputs
+    from components.train.data import load_image
 
     config, task = chart_export
     _, processor = build_tiny_model(load_settings("tiny"),
@@ -205,9 +206,12 @@ def test_llava_hf_sends_the_token_ids_our_harness_sends(chart_export) -> None:
         text = processor.tokenizer.apply_chat_template(
             [{"role": "user", "content": context}], tokenize=False, add_generation_prompt=True)
         theirs = processor(images=config["doc_to_visual"](doc), text=text, return_tensors="pt")
-        ours = encode_prompt(processor, load_image(sample.image), sample.prompt)
-        assert theirs["input_ids"][0].tolist() == ours["input_ids"].tolist()
-        assert torch.equal(theirs["pixel_values"][0], ours["pixel_values"])
+        image = load_image(sample.image)
+        ours = ChatFormat(processor).generation_prompt(sample.prompt,
+                                                       [(image.height, image.width)])
+        tiles, _ = pixel_inputs(processor, [image], ours.image_sizes)
+        assert theirs["input_ids"][0].tolist() == ours.input_ids.tolist()
+        assert torch.equal(theirs["pixel_values"][0], tiles[0])
 
 
 def test_exploded_box_task_scores_like_the_harness(tmp_path) -> None:

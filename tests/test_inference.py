@@ -1,5 +1,6 @@
 """Inference: any image of any size or mode goes through tiling; batched (left-padded)
-generation equals one-by-one; unreadable images fail with one clear line."""
+generation equals one-by-one and today's prompts; generation stops on the template's
+end-of-turn token; unreadable images fail with one clear line."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from PIL import Image
 
 from components.errors import AmaliaError
 from components.inference import ask, generate_answers
-from components.model.build import build_tiny_model, save_model
+from components.model.build import build_tiny_model, make_processor, save_model
 from components.settings import load_settings
 from components.train.data import load_image
+from tests.legacy_encoding import Encoded, collate, encode_prompt
 
 QUESTION = "Quantas formas há na imagem?"
 
@@ -101,3 +103,52 @@ def test_ask_from_a_saved_folder(tmp_path, model_and_processor, settings):
                                       settings.evaluate.max_new_tokens, 1)[0]
     with pytest.raises(AmaliaError, match="cannot read image"):
         ask(folder, tmp_path / "nope.png", QUESTION)
+
+
+def test_answers_equal_the_pre_chat_format_prompt_path(tmp_path, model_and_processor):
+    """The tiny template's prompts, pixels and stop are what `encode_prompt` + `collate`
+    + eos gave before `ChatFormat`, so the tiny retrain's scores do not move."""
+    import torch
+
+    model, processor = model_and_processor
+    tok = processor.tokenizer
+    paths = _odd_images(tmp_path)[:5]
+    encoded = []
+    for path in paths:
+        p = encode_prompt(processor, load_image(path), QUESTION)
+        encoded.append(Encoded(str(path), p["input_ids"], p["input_ids"], p["pixel_values"],
+                               p["image_sizes"]))
+    batch = collate(encoded, tok.pad_token_id, padding_side="left")
+    batch.pop("labels")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=6, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    before = [t.strip() for t in tok.batch_decode(out[:, batch["input_ids"].shape[1]:],
+                                                  skip_special_tokens=True)]
+    items = [(p, QUESTION) for p in paths]
+    assert generate_answers(model, processor, items, max_new_tokens=6, batch_size=5) == before
+
+
+def test_generation_stops_on_the_templates_end_of_turn(tmp_path, settings):
+    """A ChatML model ends its answers with <|im_end|>, not eos: generate must stop there."""
+    import torch
+
+    from tests.test_chat import STAND_INS, _stand_in_tokenizer, _tiny_model_for
+
+    processor = make_processor(_stand_in_tokenizer(*STAND_INS["chatml"]), settings)
+    model = _tiny_model_for(processor, settings).eval()
+    with torch.no_grad():  # every logit 0: greedy always picks id 0 = <|im_end|>
+        model.lm_head.weight.zero_()
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(tmp_path / "a.png")
+    seen = {}
+    generate = model.generate
+
+    def spy(**kwargs):
+        out = generate(**kwargs)
+        seen["new"] = out.shape[1] - kwargs["input_ids"].shape[1]
+        return out
+
+    model.generate = spy
+    answers = generate_answers(model, processor, [(tmp_path / "a.png", QUESTION)],
+                               max_new_tokens=6, batch_size=1)
+    assert answers == [""] and seen["new"] == 1

@@ -18,7 +18,13 @@ from components.model.build import (
     make_processor,
     save_model,
 )
-from components.model.freeze import PARTS, count_by_part, part_of, set_trainable
+from components.model.freeze import (
+    PARTS,
+    count_by_part,
+    part_of,
+    set_trainable,
+    unread_parameters,
+)
 from components.model.tokenizer import CHAT_TEMPLATE, SPECIAL_TOKENS, train_tokenizer
 from components.settings import load_settings
 
@@ -161,7 +167,16 @@ def test_freeze_table_align_trains_only_the_connector(built):
     assert trainable == {n for n in names if n.startswith(PARTS["connector"])}
     assert "model.image_newline" in trainable
     full = set_trainable(model, ["connector", "language_model", "vision_tower"])
-    assert full == count_by_part(model, trainable_only=False)
+    total = count_by_part(model, trainable_only=False)
+    unread = unread_parameters(model)
+    # SigLIP's post_layernorm never feeds LlavaNext (features are hidden_states[-1]):
+    # trainable it would get no gradient and DDP / ZeRO would fail on it
+    assert unread == {"model.vision_tower.post_layernorm.weight",
+                      "model.vision_tower.post_layernorm.bias"}
+    params = dict(model.named_parameters())
+    assert full["vision_tower"] == total["vision_tower"] - sum(params[n].numel() for n in unread)
+    assert full["connector"] == total["connector"]
+    assert full["language_model"] == total["language_model"]
     with pytest.raises(ConfigError):
         set_trainable(model, ["projector"])
     with pytest.raises(ConfigError):

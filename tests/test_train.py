@@ -1,191 +1,232 @@
-"""Training behaviour: chat batches and label masking, the truncation guard, and the three
-stages on ~16 tiny synthetic records (loss falls; align moves only the connector; DPO
-raises the preference margin)."""
+"""Training on the Trainer engine, in one process: the three stages learn on ~16 tiny
+records, align moves only the connector, DPO raises the margin, bf16 keeps fp32 master
+weights that move at the paper's DPO rate, per-part learning rates, budgets skip instead
+of crashing, every record kind trains, and the data streams from the mix shards."""
 
 from __future__ import annotations
 
 import json
-import random
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from transformers import TrainerCallback
 
-from components.errors import AmaliaError
+from components.errors import DataQualityError
 from components.model.build import build_tiny_model, load_model
-from components.model.freeze import PARTS
-from components.records import Record, write_records
+from components.model.freeze import PARTS, parameter_groups, set_trainable
+from components.records import Box, Record, Turn
 from components.settings import load_settings
 from components.stages import StageContext
-from components.train.data import (
-    CAPTION_PROMPT,
-    IGNORE_INDEX,
-    ChatDataset,
-    PreferenceDataset,
-    collate,
-    collate_preference,
-    encode_example,
-)
-from components.train.loop import lr_lambda
-
-COLOURS = {"vermelho": (220, 30, 30), "azul": (30, 60, 220), "verde": (30, 170, 60),
-           "amarelo": (230, 200, 20)}
-QUESTION = "De que cor é a forma?"
-
-
-def make_mix(root: Path, n: int = 16, seed: int = 0) -> tuple[Path, Path]:
-    """`(data_dir, run_dir)` with PNGs of one coloured disc and a full `mix/`."""
-    rng = random.Random(seed)
-    data = root / "data"
-    (data / "img").mkdir(parents=True)
-    caps, qas, prefs = [], [], []
-    for i in range(n):
-        w, h = rng.randint(48, 96), rng.randint(48, 96)
-        colour = list(COLOURS)[i % len(COLOURS)]
-        image = Image.new("RGB", (w, h), "white")
-        ImageDraw.Draw(image).ellipse([w * 0.2, h * 0.2, w * 0.8, h * 0.8], fill=COLOURS[colour])
-        rel = f"img/{i}.png"
-        image.save(data / rel)
-        base = {"source": "native", "language": "pt-PT", "task_family": "cor", "image": rel}
-        caps.append(Record(id=f"c{i}", kind="caption", text=f"Um círculo {colour}.", **base))
-        qas.append(Record(id=f"q{i}", kind="qa", question=QUESTION, answer=colour,
-                          options=list(COLOURS), **base))
-        wrong = list(COLOURS)[(i + 1) % len(COLOURS)]
-        prefs.append(Record(id=f"p{i}", kind="preference", question=QUESTION, chosen=colour,
-                            rejected=wrong, **base))
-    mix = root / "run" / "mix"
-    write_records(mix / "align.jsonl", caps)
-    write_records(mix / "sft.jsonl", qas)
-    write_records(mix / "dpo.jsonl", prefs)
-    write_records(mix / "dpo_eval.jsonl", prefs[: n // 2])
-    write_records(mix / "eval.jsonl", [r.model_copy(update={"split": "test"}) for r in qas[:4]])
-    return data, root / "run"
-
-
-@pytest.fixture(scope="module")
-def processor():
-    _, proc = build_tiny_model(load_settings("tiny"), [QUESTION, *COLOURS, CAPTION_PROMPT] * 3)
-    return proc
-
-
-def _image(w=64, h=48):
-    return Image.new("RGB", (w, h), (30, 60, 220))
-
-
-def test_labels_cover_only_the_answer_and_end_token(processor):
-    tok = processor.tokenizer
-    ex = encode_example(processor, _image(), QUESTION, "à esquerda", 256, "r1")
-    answer_at = (ex.labels != IGNORE_INDEX).nonzero().flatten()
-    start = int(answer_at[0])
-    assert answer_at.tolist() == list(range(start, len(ex)))  # one contiguous tail
-    assert tok.decode(ex.labels[start:]) == "à esquerda</s>"
-    assert int(ex.labels[-1]) == tok.eos_token_id
-    # the prompt (image tokens, role markers, question) is never a target
-    assert int(ex.input_ids[start - 1]) == tok.convert_tokens_to_ids("<|assistant|>")
-    assert processor.image_token_id in ex.input_ids[:start].tolist()
-    assert processor.image_token_id not in ex.labels.tolist()
-    torch.testing.assert_close(ex.labels[start:], ex.input_ids[start:])
-
-
-def test_collate_pads_right_or_left(processor):
-    pad = processor.tokenizer.pad_token_id
-    short = encode_example(processor, _image(40, 40), QUESTION, "3", 256, "a")
-    long = encode_example(processor, _image(90, 30), "Quantas formas há na imagem?",
-                          "a segunda", 256, "b")
-    assert len(short) != len(long)
-    for side in ("right", "left"):
-        batch = collate([short, long], pad, padding_side=side)
-        n = batch["input_ids"].shape[1]
-        assert n == max(len(short), len(long))
-        for row, ex in enumerate([short, long]):
-            real = batch["attention_mask"][row].bool()
-            assert int(real.sum()) == len(ex)
-            torch.testing.assert_close(batch["input_ids"][row][real], ex.input_ids)
-            torch.testing.assert_close(batch["labels"][row][real], ex.labels)
-            assert torch.all(batch["labels"][row][~real] == IGNORE_INDEX)
-            assert torch.all(batch["input_ids"][row][~real] == pad)
-            pad_pos = (~real).nonzero().flatten().tolist()
-            if pad_pos:
-                assert (pad_pos[0] == 0) == (side == "left")
-        assert batch["pixel_values"].shape[:2] == (2, max(short.pixel_values.shape[0],
-                                                          long.pixel_values.shape[0]))
-        assert batch["image_sizes"].tolist() == [[40, 40], [30, 90]]
-    pref = collate_preference([(short, long)], pad)
-    assert pref["input_ids"].shape[0] == 2
-
-
-def test_too_long_sample_raises_naming_the_record(processor):
-    with pytest.raises(AmaliaError, match=r"record rec-42: \d+ tokens \(\d+ image tokens\)"):
-        encode_example(processor, _image(96, 96), QUESTION, "vermelho", 40, "rec-42")
-
-
-def test_datasets_read_records(tmp_path, processor):
-    data, run = make_mix(tmp_path, n=4)
-    from components.records import read_records
-
-    caps = ChatDataset(read_records(run / "mix" / "align.jsonl"), data, processor, 256)
-    first = caps[0]
-    prompt = processor.tokenizer.decode(first.input_ids[first.labels == IGNORE_INDEX])
-    assert CAPTION_PROMPT in prompt
-    prefs = PreferenceDataset(read_records(run / "mix" / "dpo.jsonl"), data, processor, 256)
-    chosen, rejected = prefs[0]
-    assert chosen.id == rejected.id == "p0"
-    torch.testing.assert_close(chosen.pixel_values, rejected.pixel_values)
-    with pytest.raises(AmaliaError, match="cannot read image"):
-        bad = read_records(run / "mix" / "sft.jsonl")[:1]
-        ChatDataset([bad[0].model_copy(update={"image": "img/missing.png"})], data, processor,
-                    256)
-
-
-def test_lr_schedule_warms_up_then_decays():
-    f = lr_lambda(100)
-    assert f(0) < f(5) < f(9) == pytest.approx(1.0)
-    assert f(50) < f(10) and f(99) == pytest.approx(0.1, abs=0.01)
+from components.train.chat import Budget, ChatFormat
+from components.train.dataset import BlockShuffleSampler, SampleCollator, ShardDataset
+from components.train.engine import LMObjective, train_stage
+from tests.train_helpers import COLOURS, QUESTION, make_mix, overrides
 
 
 def _connector_free(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith(PARTS["connector"])}
 
 
+def _ctx(name, settings, run, logged=None):
+    sink = (lambda m, s: logged.append((m, s))) if logged is not None else (lambda m, s: None)
+    ctx = StageContext(name, settings, run, sink, progress=False)
+    ctx.out_dir.mkdir(parents=True, exist_ok=True)
+    return ctx
+
+
 def test_align_sft_dpo_learn(tmp_path):
-    from components.train.stages import run_align, run_dpo, run_sft
+    from components.stages import run_stage
 
     data, run = make_mix(tmp_path, n=16)
-    settings = load_settings("tiny", overrides={
-        "data_dir": str(data),
-        "align": {"epochs": 4, "batch_size": 4, "learning_rate": 3e-3},
-        "sft": {"epochs": 5, "batch_size": 4, "learning_rate": 3e-3},
-        "dpo": {"epochs": 3, "batch_size": 4, "learning_rate": 1e-3},
-    })
+    settings = load_settings("tiny", overrides=overrides(
+        data,
+        align={"epochs": 4, "global_batch_size": 4, "learning_rate": 3e-3},
+        sft={"epochs": 6, "global_batch_size": 4, "learning_rate": 3e-3},
+        dpo={"epochs": 3, "global_batch_size": 4, "learning_rate": 1e-3},
+    ))
     logged: list[tuple[dict, int | None]] = []
     outputs = {}
-    for name, fn in (("align", run_align), ("sft", run_sft), ("dpo", run_dpo)):
-        ctx = StageContext(name, settings, run, lambda m, s: logged.append((m, s)),
-                           progress=False)
-        ctx.out_dir.mkdir(parents=True)
-        out = fn(ctx)
+    for name in ("align", "sft", "dpo"):
+        out, manifest = run_stage(name, settings, run, lambda m, s: logged.append((m, s)),
+                                  progress=False)
+        ctx = _ctx(name, settings, run)
         outputs[name] = out
+        assert manifest["resumed_from_step"] is None
+        assert manifest["engine"]["per_device_batch_size"] == 4
+        assert manifest["engine"]["gradient_accumulation_steps"] == 1
+        assert len(manifest["loss_history"]) == out.counts["steps"]
         assert out.metrics["loss_last"] < out.metrics["loss_first"], name
-        assert out.counts["train_samples"] == 16 and out.counts["steps"] > 0
-        assert out.model_dir == "model" and (ctx.out_dir / "model" / "config.json").exists()
+        assert out.counts["train_samples"] == 16 and out.counts["steps"] == \
+            settings.stage_train(name).epochs * 16 // 4
+        assert (ctx.out_dir / "model" / "config.json").exists()
         for artifact in out.artifacts:
-            assert (ctx.out_dir / artifact).exists()
+            assert (ctx.out_dir / artifact).exists(), artifact
         saved = json.loads((ctx.out_dir / "metrics.json").read_text())
         assert len(saved["loss_history"]) == out.counts["steps"] == saved["steps"]
-        assert out.params["trainable"] == list(settings.train(name).trainable)
-        assert out.params["trainable_params"] > 0
+        assert saved["engine"]["global_batch_size"] == 4
+        assert saved["engine"]["world_size"] == 1
+        assert out.extra["resumed_from_step"] is None
+        assert not (ctx.out_dir / "checkpoints").exists()  # discarded once finished
 
-    # align trained the connector and nothing else
     init = load_model(run / "align" / "init")[0].state_dict()
     aligned = load_model(run / "align" / "model")[0].state_dict()
     for key, value in _connector_free(init).items():
         torch.testing.assert_close(aligned[key], value, msg=key)
     assert not torch.equal(aligned["model.multi_modal_projector.linear_1.weight"],
                            init["model.multi_modal_projector.linear_1.weight"])
-    assert outputs["align"].params["trainable_params"] < outputs["sft"].params["trainable_params"]
 
     dpo = outputs["dpo"].metrics
-    assert dpo["margin_before"] == pytest.approx(0.0, abs=1e-5)
-    assert dpo["margin_after"] > dpo["margin_before"]
-    assert any("loss" in m for m, _ in logged)
+    assert dpo["margin_before"] == pytest.approx(0.0, abs=1e-6)
+    assert dpo["margin_after"] > 0.0
+    # metrics reached the sink every logging step, with what the issue lists
+    sft_steps = [m for m, _ in logged if "loss" in m and "rewards/margins" not in m]
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "images_per_s", "padding_ratio"):
+        assert key in sft_steps[0], key
+    dpo_steps = [m for m, _ in logged if "rewards/margins" in m]
+    assert dpo_steps and {"rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                          "logps/chosen", "logps/rejected"} <= set(dpo_steps[0])
+
+
+class _Snapshots(TrainerCallback):
+    """The fp32 master copy of one trainable weight after every optimizer step."""
+
+    def __init__(self, param):
+        self.param = param
+        self.values = [param.detach().clone()]
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.values.append(self.param.detach().clone())
+
+
+def _sft_setup(tmp_path, **train):
+    data, run = make_mix(tmp_path, n=8)
+    settings = load_settings("tiny", overrides=overrides(
+        data, sft={"epochs": 1, "global_batch_size": 2, "warmup_ratio": 0.0, **train}))
+    model, processor = build_tiny_model(settings, [QUESTION, *COLOURS] * 3)
+    chat = ChatFormat(processor)
+    dataset = ShardDataset(run / "mix" / "shards" / "sft", data, processor, chat,
+                           Budget(settings.model.max_length))
+    return settings, run, model.float(), processor, dataset
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_that_move_at_the_dpo_rate(tmp_path):
+    settings, run, model, processor, dataset = _sft_setup(tmp_path, learning_rate=5e-7)
+    settings = settings.model_copy(update={"train_": settings.engine.model_copy(
+        update={"precision": "bf16"})})
+    set_trainable(model, ["connector", "language_model"])
+    weight = model.model.language_model.layers[0].mlp.down_proj.weight
+    snaps = _Snapshots(weight)
+    out = run / "sft"
+    out.mkdir()
+    result = train_stage(settings, "sft", out, model, dataset,
+                         SampleCollator(processor.tokenizer.pad_token_id), LMObjective(),
+                         config_digest="t", log_metrics=lambda m, s: None, progress=False,
+                         callbacks=[snaps])
+    assert result.precision == "bf16"
+    assert weight.dtype == torch.float32
+    assert len(snaps.values) == result.steps + 1 == 5
+    for before, after in zip(snaps.values, snaps.values[1:], strict=False):
+        moved = (after != before).float().mean()
+        assert moved > 0.5, f"only {moved:.1%} of the weights moved in a step at lr 5e-7"
+
+
+def test_per_part_learning_rates_from_one_table(tmp_path):
+    settings, _run, model, _processor, _dataset = _sft_setup(tmp_path)
+    set_trainable(model, ["connector", "language_model", "vision_tower"])
+    groups = parameter_groups(model, ["connector", "language_model", "vision_tower"], 1e-3,
+                              {"connector": 1.0, "language_model": 0.5, "vision_tower": 0.1},
+                              weight_decay=0.01)
+    lr = {}
+    for g in groups:
+        lr.setdefault(g["part"], set()).add(g["lr"])
+        if g["weight_decay"]:
+            assert all(p.ndim >= 2 for p in g["params"])
+    assert lr == {"connector": {1e-3}, "language_model": {5e-4}, "vision_tower": {1e-4}}
+    trained = {id(p) for g in groups for p in g["params"]}
+    assert trained == {id(p) for p in model.parameters() if p.requires_grad}
+
+
+def test_every_record_kind_trains_in_one_batch(tmp_path):
+    base = {"source": "native", "language": "pt-PT", "task_family": "cor"}
+    extra = [
+        Record(id="conv", kind="conversation", image="img/0.png", conversations=[
+            Turn(role="system", content="Responde em português europeu."),
+            Turn(role="user", content="<image>\nQue forma é esta?"),
+            Turn(role="assistant", content="Um círculo."),
+            Turn(role="user", content="E a cor?"), Turn(role="assistant", content="vermelho")],
+            **base),
+        Record(id="ground", kind="grounding", image="img/1.png", question="o círculo",
+               boxes=[Box(bbox=[4, 4, 20, 20])], **base),
+        Record(id="mc", kind="multiple_choice", image="img/2.png", question=QUESTION,
+               options=list(COLOURS), answer="verde", **base),
+        Record(id="text", kind="qa", question="Quanto é dois mais dois?", answer="quatro",
+               **base),
+    ]
+    data, run = make_mix(tmp_path, n=4, extra_sft=extra)
+    settings = load_settings("tiny", overrides=overrides(data))
+    model, processor = build_tiny_model(settings, [QUESTION, *COLOURS] * 3)
+    chat = ChatFormat(processor)
+    dataset = ShardDataset(run / "mix" / "shards" / "sft", data, processor, chat,
+                           Budget(settings.model.max_length))
+    assert len(dataset) == 8 and not dataset.skipped
+    samples = [dataset[i] for i in range(len(dataset))]
+    by_id = {s.tokens.record_id: s for s in samples}
+    assert by_id["text"].tokens.dummy_image and by_id["text"].real_images == 0
+    batch = SampleCollator(processor.tokenizer.pad_token_id)(samples)
+    assert batch["pixel_values"].shape[0] == len(samples)  # every sample has an image
+    assert int(batch["real_images"].sum()) == 7
+    loss = LMObjective()(model, batch, torch.tensor(LMObjective().count(batch)))[0]
+    loss.backward()
+    assert torch.isfinite(loss)
+    tower = [p for n, p in model.named_parameters() if n.startswith("model.vision_tower.")]
+    assert all(p.grad is not None for p in tower[:1])
+
+
+def test_over_budget_samples_are_skipped_and_counted_not_a_crash(tmp_path):
+    from components.train.stages import record_skips
+
+    long = Record(id="long", kind="qa", source="native", language="pt-PT", task_family="cor",
+                  image="img/0.png", question="muito " * 400, answer="sim")
+    data, run = make_mix(tmp_path, n=8, extra_sft=[long])
+    settings = load_settings("tiny", overrides=overrides(data, train={"max_skip_ratio": 0.5}))
+    _model, processor = build_tiny_model(settings, [QUESTION, *COLOURS] * 3)
+    dataset = ShardDataset(run / "mix" / "shards" / "sft", data, processor,
+                           ChatFormat(processor), Budget(settings.model.max_length))
+    assert len(dataset) == 8
+    assert [(s["id"], s["reason"]) for s in dataset.skipped] == [("long", "too_long")]
+    ctx = _ctx("sft", settings, run)
+    assert record_skips(ctx, dataset, "sft") == {"too_long": 1}
+    rows = [json.loads(line) for line in (ctx.out_dir / "skipped.jsonl").read_text().splitlines()]
+    assert rows[0]["id"] == "long" and "max_length" in rows[0]["detail"]
+    strict = load_settings("tiny", overrides=overrides(data, train={"max_skip_ratio": 0.05}))
+    with pytest.raises(DataQualityError, match=r"1 of 9 sft samples cannot fit.*max_skip_ratio"):
+        record_skips(_ctx("sft", strict, run), dataset, "sft")
+
+
+def test_block_shuffle_is_seeded_per_epoch_and_keeps_row_groups_together():
+    import numpy as np
+
+    groups = [np.arange(0, 8), np.arange(8, 16), np.arange(16, 20)]
+    sampler = BlockShuffleSampler(groups, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(20)) and len(sampler) == 20
+    assert list(BlockShuffleSampler(groups, seed=3)) == first  # reproducible
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # a new order each epoch
+    # each row group's rows come out consecutively (one read per group)
+    runs = [next(k for k, g in enumerate(groups) if i in g) for i in first]
+    assert sum(1 for a, b in zip(runs, runs[1:], strict=False) if a != b) == 2
+
+
+def test_dataset_memory_is_indices_not_samples(tmp_path):
+    data, run = make_mix(tmp_path, n=16)
+    settings = load_settings("tiny", overrides=overrides(data))
+    _model, processor = build_tiny_model(settings, [QUESTION, *COLOURS] * 3)
+    dataset = ShardDataset(run / "mix" / "shards" / "sft", data, processor,
+                           ChatFormat(processor), Budget(settings.model.max_length))
+    # the dataset holds three integers per sample; images are read when a sample is asked
+    assert dataset.rows.shape == (16, 3) and dataset.rows.dtype.itemsize == 4
+    assert not any(isinstance(v, list | dict) and len(v) >= 16 for v in vars(dataset).values()
+                   if not isinstance(v, set))
+    sample = dataset[3]
+    assert sample.pixel_values[0].ndim == 4 and sample.real_images == 1

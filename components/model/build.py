@@ -99,7 +99,7 @@ def _llava_config(settings: Settings, vision_config, text_config, image_token_id
         image_token_id=image_token_id,
         image_grid_pinpoints=[list(p) for p in m.image_grid_pinpoints],
         vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
+        vision_feature_layer=m.vision_feature_layer,
         projector_hidden_act=CONNECTOR_ACT[m.connector],
         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
     )
@@ -242,14 +242,16 @@ def save_model(model, processor, directory: Path) -> Path:
     return directory
 
 
-def load_model(directory: Path | str, runtime: Runtime | None = None):
-    """`(model, processor)` from a `save_model` folder, in eval mode on the runtime device."""
+def load_model(directory: Path | str, runtime: Runtime | None = None,
+               dtype: torch.dtype | None = None):
+    """`(model, processor)` from a `save_model` folder, in eval mode on the runtime device,
+    in `dtype` (default: the runtime's; training passes float32 for its master weights)."""
     directory = Path(directory)
     if not (directory / "config.json").exists():
         raise MissingInputError(f"no saved model in {directory} (config.json missing)")
     rt = runtime or detect_runtime()
     model = AutoModelForImageTextToText.from_pretrained(
-        directory, dtype=rt.dtype, attn_implementation=rt.attn_implementation
+        directory, dtype=dtype or rt.dtype, attn_implementation=rt.attn_implementation
     )
     processor = AutoProcessor.from_pretrained(directory)
     model.to(rt.device).eval()

@@ -1,2 +1,24 @@
-"""Training of amalia-vl: chat-formatted batches (`data`), one honest loop (`loop`), the
-hand-written DPO objective (`dpo`) and the align / sft / dpo stage functions (`stages`)."""
+"""Training of amalia-vl on the transformers Trainer.
+
+- `chat`: records of every kind -> the language model's own chat template, labels on the
+  assistant turns only, budgets (`max_length`, `max_tiles`);
+- `dataset`: samples streamed from the mix's parquet shards, seeded block shuffle,
+  collation;
+- `engine`: `TrainingArguments` from params.yaml, the Trainer's hooks (objective, per-part
+  learning rates, statistics), DeepSpeed / FSDP configs, precision;
+- `checkpoints`: sealed checkpoints, verified resume; `distributed`/`worker`: torchrun;
+- `dpo`: the DPO objective; `stages`: the align / sft / dpo stage functions.
+"""
+
+import logging as _logging
+
+
+class _NoCpuAcceleratorNotice(_logging.Filter):
+    """DeepSpeed warns "Setting accelerator to CPU" whenever Accelerate imports it on a box
+    without a GPU; there the engine runs DDP over gloo and says so itself."""
+
+    def filter(self, record: _logging.LogRecord) -> bool:
+        return "Setting accelerator to CPU" not in record.getMessage()
+
+
+_logging.getLogger("DeepSpeed").addFilter(_NoCpuAcceleratorNotice())

@@ -16,8 +16,19 @@ chosen answer's likelihood too, end token included: measured here, the tiny mode
 stops ending its answers ("à esquerdaQuatro...") and held-out exact match falls by up to
 half. The NLL term anchors the chosen answer while the DPO term separates the pair.
 
-Batches come from `data.collate_preference`: 2B rows, the B chosen first, then the B
-rejected, so policy and reference each need one forward per batch.
+Batches hold 2B rows: the B chosen first, then the B rejected (`dataset.SampleCollator`),
+so policy and reference each need one forward per batch. `sequence_logps` gathers the
+label tokens' log-probabilities without materialising a full log-softmax
+(`selective_log_softmax`, as TRL does: logsumexp row by row), the memory that matters at
+16k tokens x a 128k vocabulary.
+
+`DPOObjective` is the Trainer objective (`components.train.engine.Objective`): per pair
+loss summed and divided by the pairs of the whole global batch, and per-step statistics
+(rewards/chosen, rewards/rejected, margins, accuracy, logps/chosen, logps/rejected, the
+TRL names). The reference is either a frozen copy (`make_reference`) scored on every batch
+or, with `dpo.precompute_ref_log_probs`, scored once before training
+(`precompute_reference`) and read from the batch's `sample_index`: the policy at step 0
+*is* the reference, so no second model is held in memory.
 """
 
 from __future__ import annotations
@@ -29,8 +40,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.train.data import IGNORE_INDEX
-from components.train.loop import to_device
+IGNORE_INDEX = -100
+
+
+def to_device(batch: dict[str, torch.Tensor], device, dtype=None) -> dict[str, torch.Tensor]:
+    """Tensors of `batch` on `device` (floating ones in `dtype` when given)."""
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device)
+        out[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    return out
+
+
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`log_softmax(logits)[..., index]` without the full (B, T, V) log-softmax tensor:
+    one row of the batch at a time, `gather - logsumexp` (TRL's memory saving)."""
+    out = []
+    for row_logits, row_index in zip(logits, index, strict=True):
+        row_logits = row_logits.float()
+        picked = torch.gather(row_logits, -1, row_index.unsqueeze(-1)).squeeze(-1)
+        out.append(picked - torch.logsumexp(row_logits, dim=-1))
+    return torch.stack(out)
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -38,11 +68,11 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     `logits[:, t]` predicts token t+1, so logits and labels are shifted by one.
     """
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1]
     labels = labels[:, 1:]
     mask = labels != IGNORE_INDEX
     safe = labels.masked_fill(~mask, 0)
-    logps = torch.gather(logits.log_softmax(-1), 2, safe.unsqueeze(-1)).squeeze(-1)
+    logps = selective_log_softmax(logits, safe)
     return (logps * mask).sum(-1)
 
 
@@ -59,10 +89,13 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     return -F.logsigmoid(margins).mean(), margins
 
 
+META_KEYS = ("labels", "real_images", "sample_index", "ref_chosen_logps", "ref_rejected_logps")
+
+
 def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) answer log-probs of a `collate_preference` batch."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    """(chosen, rejected) answer log-probs of a 2B-row preference batch."""
+    inputs = {k: v for k, v in batch.items() if k not in META_KEYS}
     logits = model(**inputs).logits
     logps = sequence_logps(logits, batch["labels"])
     half = logps.shape[0] // 2
@@ -81,6 +114,93 @@ def make_reference(model: nn.Module) -> nn.Module:
 def chosen_nll(policy_chosen: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
     """Mean over pairs of the chosen answer's per-token negative log-likelihood."""
     return (-policy_chosen / chosen_lengths.clamp(min=1)).mean()
+
+
+class DPOObjective:
+    """The Trainer objective of the dpo stage (see the module docstring). `count` is the
+    pairs of a micro-batch; the loss is the sum of per-pair losses over `num_items` (all
+    pairs of the global batch)."""
+
+    def __init__(self, beta: float, nll_weight: float = 0.0, reference: nn.Module | None = None,
+                 ref_logps: torch.Tensor | None = None):
+        if reference is None and ref_logps is None:
+            raise ValueError("DPO needs a reference model or precomputed reference log-probs")
+        self.beta = beta
+        self.nll_weight = nll_weight
+        self.reference = reference
+        self.ref_logps = ref_logps  # (N, 2): chosen, rejected per sample index
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["input_ids"].shape[0]) // 2
+
+    def reference_logps(self, batch: dict[str, torch.Tensor]
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.ref_logps is not None:
+            ref = self.ref_logps.to(batch["input_ids"].device)[batch["sample_index"]]
+            return ref[:, 0], ref[:, 1]
+        if next(self.reference.parameters()).device != batch["input_ids"].device:
+            self.reference.to(batch["input_ids"].device)
+        with torch.no_grad():
+            return pair_logps(self.reference, batch)
+
+    def __call__(self, model, batch, num_items):
+        ref_c, ref_r = self.reference_logps(batch)
+        pol_c, pol_r = pair_logps(model, batch)
+        chosen_reward = self.beta * (pol_c - ref_c)
+        rejected_reward = self.beta * (pol_r - ref_r)
+        margins = chosen_reward - rejected_reward
+        per_pair = -F.logsigmoid(margins)
+        if self.nll_weight:
+            lengths = answer_lengths(batch["labels"])[: pol_c.shape[0]].clamp(min=1)
+            per_pair = per_pair + self.nll_weight * (-pol_c / lengths)
+        stats = {
+            "_n": torch.tensor(float(pol_c.shape[0])),
+            "rewards/chosen": chosen_reward.detach().sum(),
+            "rewards/rejected": rejected_reward.detach().sum(),
+            "rewards/margins": margins.detach().sum(),
+            "rewards/accuracies": (margins.detach() > 0).float().sum(),
+            "logps/chosen": pol_c.detach().sum(),
+            "logps/rejected": pol_r.detach().sum(),
+        }
+        return per_pair.sum() / num_items, stats
+
+
+@torch.no_grad()
+def precompute_reference(model: nn.Module, dataset, collate, batch_size: int) -> torch.Tensor:
+    """(N, 2) reference log-probs (chosen, rejected) of every sample of `dataset`, scored
+    with `model` as it is now. Under torchrun each rank scores every world-size-th batch
+    and the ranks sum their tables (all-reduce), so the work is split, not repeated."""
+    import torch.distributed as dist
+
+    from components.train.distributed import world
+
+    ws = world()
+    was_training = model.training
+    model.eval()
+    param = next(model.parameters())
+    table = torch.zeros(len(dataset), 2, dtype=torch.float64)
+    starts = list(range(0, len(dataset), batch_size))
+    # every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively)
+    rounds = -(-len(starts) // ws.world_size)
+    for k in range(rounds):
+        position = k * ws.world_size + ws.rank
+        start = starts[position] if position < len(starts) else starts[0] if starts else None
+        if start is None:
+            break
+        samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        batch = to_device(collate(samples), param.device)
+        chosen, rejected = pair_logps(model, batch)
+        if position >= len(starts):
+            continue  # a filler forward: its scores belong to another rank
+        table[batch["sample_index"].cpu(), 0] = chosen.double().cpu()
+        table[batch["sample_index"].cpu(), 1] = rejected.double().cpu()
+    if ws.distributed and dist.is_initialized():
+        device = param.device if param.device.type == "cuda" else torch.device("cpu")
+        table = table.to(device)
+        dist.all_reduce(table)
+        table = table.cpu()
+    model.train(was_training)
+    return table.float()
 
 
 class DPOLoss:
@@ -120,7 +240,7 @@ def preference_margin(model: nn.Module, reference: nn.Module,
     param = next(model.parameters())
     margins, prefers = [], []
     for batch in batches:
-        batch = to_device(batch, param.device, param.dtype)
+        batch = to_device(batch, param.device)
         pol_c, pol_r = pair_logps(model, batch)
         ref_c, ref_r = pair_logps(reference, batch)
         _, m = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta)

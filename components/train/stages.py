@@ -1,30 +1,38 @@
-"""The three training stages: align (connector on captions), sft (instruction tuning on
-qa), dpo (preferences against a frozen sft reference).
+"""The three training stages: align (connector on captions), sft (visual instruction
+tuning on every record kind), dpo (preferences against the sft model as reference).
 
-Each reads the mix (`<run>/mix/*.jsonl`) and, after align, the previous stage's
-`model/` folder, and writes into its own stage directory:
+Each reads its mix shards (`<run>/mix/shards/<stage>/`, streamed: `dataset.ShardDataset`)
+and, after align, the previous stage's `model/`; trains on the transformers Trainer
+(`engine.train_stage`: DDP / DeepSpeed / FSDP, torchrun, checkpoints, exact resume) and
+writes into its stage directory:
 
 - `model/`: save_pretrained model + processor (align also keeps the untrained `init/`);
-- `metrics.json`: loss per step, first/last loss, steps, seconds, samples/s, runtime;
-- `loss.png`: the loss curve.
+- `metrics.json`: per-step loss history and step metrics, first/last loss, steps,
+  seconds, samples/s, the resolved engine (world size, per-device batch, accumulation,
+  precision, strategy) and `resumed_from_step`;
+- `loss.png`: the loss curve; `skipped.jsonl`: samples that could not fit the budgets;
+- `deepspeed_config.json` / `fsdp_config.json` when that strategy runs.
 
 `loss_first`/`loss_last` are means over a window of the first/last steps (a tenth of
 the run, 1 to 10 steps), so one noisy batch cannot decide whether training "worked".
 Before any step, `check_image_token_agreement` proves processor and model agree on the
 image-token count for probe sizes and for the image sizes of the stage's own data.
+Only rank 0 writes files; every rank trains.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from components.accel import detect_runtime
+from components.errors import DataQualityError
+from components.evaltasks.prompts import LETTERS
 from components.model.build import (
     PROBE_SIZES,
     build_tiny_model,
@@ -33,51 +41,95 @@ from components.model.build import (
     load_pretrained_parts,
     save_model,
 )
-from components.model.freeze import set_trainable, trainable_parameters
-from components.records import read_records
-from components.settings import TrainSettings
-from components.stages import StageContext, StageOutput
-from components.train.data import (
-    CAPTION_PROMPT,
-    ChatDataset,
-    Collator,
-    Encoded,
-    PreferenceDataset,
-)
-from components.train.dpo import DPOLoss, make_reference, preference_margin
-from components.train.loop import TrainHistory, train_loop
+from components.model.freeze import set_trainable
+from components.records import iter_records, shard_paths
+from components.settings import Settings
+from components.stages import StageContext, StageOutput, check_prerequisites
+from components.train import checkpoints
+from components.train.chat import CAPTION_PROMPT, MC_POST_PROMPT, Budget, ChatFormat
+from components.train.dataset import SampleCollator, ShardDataset
+from components.train.distributed import world
+from components.train.dpo import DPOObjective, make_reference, precompute_reference
+from components.train.engine import LMObjective, TrainResult, mean_of, train_stage
 
 log = logging.getLogger(__name__)
 MAX_DATA_SIZES_CHECKED = 64
+TRAIN_OUTPUTS = ("align", "sft", "dpo")
+# step metrics summarised into the stage's metrics (mean over the run)
+SUMMARISED = ("tokens_per_s", "images_per_s", "padding_ratio", "grad_norm", "mfu")
 
 
 def mix_texts(mix_dir: Path) -> list[str]:
-    """Every free text and option of every record in `<mix_dir>/*.jsonl` (+ the caption
-    prompt): the corpus the tiny model's tokenizer is trained on."""
-    texts = [CAPTION_PROMPT]
-    for path in sorted(Path(mix_dir).glob("*.jsonl")):
-        for rec in read_records(path):
-            texts.extend(rec.texts().values())
-            texts.extend(rec.options or [])
+    """The training texts of the mix (every text, option and turn of the align, sft and dpo
+    shards) plus the prompts training adds: the corpus of the tiny model's tokenizer.
+    Evaluation outputs (`eval`, `dpo_eval`) are never read: no test text in the vocabulary."""
+    texts = [CAPTION_PROMPT, MC_POST_PROMPT, *LETTERS[:8]]  # what training adds to records
+    for name in TRAIN_OUTPUTS:
+        folder = Path(mix_dir) / "shards" / name
+        if not folder.is_dir() or not shard_paths(folder):
+            continue
+        for rec in iter_records(folder):
+            texts.extend(rec.all_texts())
     return texts
 
 
-def _data_sizes(examples: list[Encoded]) -> list[tuple[int, int]]:
-    """Up to `MAX_DATA_SIZES_CHECKED` distinct (width, height) of the data, evenly picked."""
-    sizes = sorted({(int(e.image_size[1]), int(e.image_size[0])) for e in examples})
-    if len(sizes) <= MAX_DATA_SIZES_CHECKED:
-        return sizes
-    step = len(sizes) / MAX_DATA_SIZES_CHECKED
-    return [sizes[int(i * step)] for i in range(MAX_DATA_SIZES_CHECKED)]
+def stage_digest(ctx: StageContext) -> str:
+    """What a checkpoint of this stage depends on: the model, the stage's and the engine's
+    training settings, the seed and the upstream outputs (not logging or worker counts)."""
+    s = ctx.settings
+    engine = s.engine.model_dump(mode="json", exclude={
+        "logging_steps", "dataloader_workers", "keep_checkpoints", "save_total_limit",
+        "ddp_timeout_s"})
+    blob = json.dumps({
+        "stage": ctx.name, "seed": s.seed, "model": s.model.model_dump(mode="json"),
+        "train": s.stage_train(ctx.name).model_dump(mode="json"), "engine": engine,
+        "inputs": check_prerequisites(ctx.name, ctx.run_dir, s),
+    }, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _loader(dataset, batch_size: int, pad_token_id: int, seed: int, *, shuffle: bool,
-            preference: bool = False) -> DataLoader:
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed),
-        collate_fn=Collator(pad_token_id, "right", preference=preference),
-    )
+def _budget(s: Settings) -> Budget:
+    return Budget(max_length=s.model.max_length, max_tiles=s.engine.max_tiles)
+
+
+def _dataset(ctx: StageContext, output: str, processor, chat: ChatFormat,
+             preference: bool) -> ShardDataset:
+    folder = ctx.stage_dir("mix") / "shards" / output
+    return ShardDataset(folder, ctx.data_dir, processor, chat, _budget(ctx.settings),
+                        preference=preference)
+
+
+def record_skips(ctx: StageContext, dataset: ShardDataset, what: str) -> dict[str, int]:
+    """Write `skipped.jsonl` (rank 0) and fail past `train.max_skip_ratio`."""
+    skipped = dataset.skipped
+    total = len(dataset) + len(skipped)
+    if world().is_main and skipped:
+        with (ctx.out_dir / "skipped.jsonl").open("a", encoding="utf-8") as fh:
+            for row in skipped:
+                fh.write(json.dumps({"output": what, **row}, ensure_ascii=False) + "\n")
+    by_reason: dict[str, int] = {}
+    for row in skipped:
+        by_reason[row["reason"]] = by_reason.get(row["reason"], 0) + 1
+    limit = ctx.settings.engine.max_skip_ratio
+    if total and len(skipped) / total > limit:
+        raise DataQualityError(
+            f"{ctx.name}: {len(skipped)} of {total} {what} samples cannot fit the budgets "
+            f"({by_reason}; listed in {ctx.out_dir / 'skipped.jsonl'}), more than "
+            f"train.max_skip_ratio={limit}",
+            "raise model.max_length / train.max_tiles, or fix the records",
+        )
+    if skipped:
+        log.warning("%s: skipped %d of %d %s samples: %s", ctx.name, len(skipped), total,
+                    what, by_reason)
+    return by_reason
+
+
+def _check_agreement(processor, model, dataset: ShardDataset) -> None:
+    sizes = sorted({(w, h) for h, w in dataset.image_sizes_seen})
+    if len(sizes) > MAX_DATA_SIZES_CHECKED:
+        step = len(sizes) / MAX_DATA_SIZES_CHECKED
+        sizes = [sizes[int(i * step)] for i in range(MAX_DATA_SIZES_CHECKED)]
+    check_image_token_agreement(processor, model, [*PROBE_SIZES, *sizes])
 
 
 def _window_means(losses: list[float]) -> tuple[float | None, float | None, int]:
@@ -102,7 +154,7 @@ def plot_losses(losses: list[float], path: Path, title: str) -> None:
         avg = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1])
                for i in range(len(losses))]
         ax.plot(steps, avg, lw=1.6, label=f"mean of {k}")
-    ax.set_xlabel("step")
+    ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)
     if losses:
@@ -112,130 +164,166 @@ def plot_losses(losses: list[float], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _finish(ctx: StageContext, train: TrainSettings, history: TrainHistory,
-            counts_by_part: dict[str, int], train_samples: int,
+def _save(ctx: StageContext, result: TrainResult, processor) -> None:
+    """The trained model (gathered from ZeRO-3 / FSDP shards by the Trainer) + processor."""
+    trainer = result.extra["trainer"]
+    target = ctx.out_dir / "model"
+    trainer.save_model(str(target))
+    if world().is_main:
+        processor.save_pretrained(target)
+
+
+def _finish(ctx: StageContext, result: TrainResult, counts_by_part: dict[str, int],
+            train_samples: int, skipped: dict[str, int],
             extra_metrics: dict[str, float] | None = None,
             extra_counts: dict[str, int] | None = None,
             extra_params: dict[str, Any] | None = None) -> StageOutput:
-    out = ctx.out_dir
-    first, last, window = _window_means(history.losses)
+    s, out = ctx.settings, ctx.out_dir
+    t = s.stage_train(ctx.name)
+    ws = world()
+    ws.barrier()
+    if ws.is_main and not s.engine.keep_checkpoints:
+        checkpoints.discard(out / "checkpoints")
+    first, last, window = _window_means(result.loss_history)
     runtime = detect_runtime().describe()
-    metrics: dict[str, float] = {
-        "seconds": round(history.seconds, 3),
-        "samples_per_s": round(history.samples_per_s, 3),
-    }
+    metrics: dict[str, float] = {"seconds": round(result.seconds, 3),
+                                 "samples_per_s": round(result.samples_per_s, 3)}
     if first is not None:
-        metrics["loss_first"] = first
-        metrics["loss_last"] = last
+        metrics["loss_first"], metrics["loss_last"] = first, last
+    for key in SUMMARISED:
+        value = mean_of(result.step_logs, key)
+        if value is not None:
+            metrics[f"mean_{key}"] = value
     metrics.update(extra_metrics or {})
+    engine = result.engine_record()
     record: dict[str, Any] = {
-        "stage": ctx.name,
-        **metrics,
-        "loss_window": window,
-        "steps": history.steps,
-        "train_samples": train_samples,
-        "trainable": counts_by_part,
-        "runtime": runtime,
-        "loss_history": history.losses,
+        "stage": ctx.name, **metrics, "loss_window": window, "steps": result.steps,
+        "train_samples": train_samples, "trainable": counts_by_part, "runtime": runtime,
+        "engine": engine, "skipped": skipped, "loss_history": result.loss_history,
+        "step_metrics": result.step_logs,
     }
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
-    plot_losses(history.losses, out / "loss.png", f"{ctx.name} loss ({ctx.settings.profile})")
+    artifacts = ["metrics.json", "loss.png"]
+    if ws.is_main:
+        (out / "metrics.json").write_text(json.dumps(record, indent=2))
+        plot_losses(result.loss_history, out / "loss.png", f"{ctx.name} loss ({s.profile})")
+        if (out / "skipped.jsonl").exists():
+            artifacts.append("skipped.jsonl")
+        if result.strategy_config:
+            artifacts.append(result.strategy_config)
     return StageOutput(
-        counts={"train_samples": train_samples, "steps": history.steps, **(extra_counts or {})},
+        counts={"train_samples": train_samples, "steps": result.steps,
+                "skipped": sum(skipped.values()), **(extra_counts or {})},
         metrics=metrics,
         params={
-            "trainable": list(train.trainable),
-            "lr": train.learning_rate,
-            "epochs": train.epochs,
-            "batch_size": train.batch_size,
-            "trainable_params": sum(counts_by_part.values()),
-            "runtime": runtime,
+            "trainable": list(t.trainable), "lr": t.learning_rate,
+            "lr_multipliers": dict(t.lr_multipliers), "epochs": t.epochs,
+            "trainable_params": sum(counts_by_part.values()), "runtime": runtime,
+            **{k: v for k, v in engine.items() if k != "resumed_from_step"},
             **(extra_params or {}),
         },
-        artifacts=["metrics.json", "loss.png"],
+        artifacts=artifacts,
         model_dir="model",
+        extra={"engine": engine, "resumed_from_step": result.resumed_from_step,
+               "loss_history": result.loss_history},
     )
 
 
-def _supervised(ctx: StageContext, model, processor, records_file: str,
-                train: TrainSettings) -> StageOutput:
-    """Train `train.trainable` of `model` on the caption/qa records of `records_file`."""
+def _supervised(ctx: StageContext, model, processor, output: str) -> StageOutput:
+    """Train the stage's `trainable` parts of `model` on every sample of mix `output`."""
     s = ctx.settings
-    records = read_records(ctx.stage_dir("mix") / records_file)
-    dataset = ChatDataset(records, ctx.data_dir, processor, s.model.max_length)
-    check_image_token_agreement(processor, model,
-                                [*PROBE_SIZES, *_data_sizes(dataset.examples)])
-    counts = set_trainable(model, train.trainable)
-    loader = _loader(dataset, train.batch_size, processor.tokenizer.pad_token_id, s.seed,
-                     shuffle=True)
-    history = train_loop(model, trainable_parameters(model), loader, train, seed=s.seed,
-                         log_metrics=ctx.log_metrics, progress=ctx.progress,
-                         description=ctx.name)
-    save_model(model, processor, ctx.out_dir / "model")
-    return _finish(ctx, train, history, counts, len(dataset))
+    chat = ChatFormat(processor, system_prompt=s.engine.system_prompt)
+    dataset = _dataset(ctx, output, processor, chat, preference=False)
+    skipped = record_skips(ctx, dataset, output)
+    _check_agreement(processor, model, dataset)
+    counts = set_trainable(model, s.stage_train(ctx.name).trainable)
+    result = train_stage(
+        s, ctx.name, ctx.out_dir, model, dataset,
+        SampleCollator(processor.tokenizer.pad_token_id), LMObjective(),
+        config_digest=stage_digest(ctx), log_metrics=ctx.log_metrics, progress=ctx.progress)
+    _save(ctx, result, processor)
+    return _finish(ctx, result, counts, len(dataset), skipped)
+
+
+def _fp32(model):
+    """Training keeps fp32 master weights (bf16/fp16 are autocast by the Trainer)."""
+    return model.float()
 
 
 def run_align(ctx: StageContext) -> StageOutput:
     """Stage 1: build (or assemble) the model, save it untrained to `init/`, then train the
-    connector only on `align.jsonl` captions."""
+    connector only on the align captions."""
     s = ctx.settings
     log.info("align: %s", detect_runtime().describe())
     if s.model.init == "build_tiny":
         model, processor = build_tiny_model(s, mix_texts(ctx.stage_dir("mix")))
     else:
         model, processor = load_pretrained_parts(s)
-    save_model(model, processor, ctx.out_dir / "init")
-    return _supervised(ctx, model, processor, "align.jsonl", s.align)
+    if world().is_main:
+        save_model(model, processor, ctx.out_dir / "init")
+    return _supervised(ctx, _fp32(model), processor, "align")
 
 
 def run_sft(ctx: StageContext) -> StageOutput:
-    """Stage 2: visual instruction tuning of `sft.trainable` on `sft.jsonl`."""
+    """Stage 2: visual instruction tuning of `sft.trainable` on the sft mix."""
     log.info("sft: %s", detect_runtime().describe())
-    model, processor = load_model(ctx.stage_dir("align") / "model")
-    return _supervised(ctx, model, processor, "sft.jsonl", ctx.settings.sft)
+    model, processor = load_model(ctx.stage_dir("align") / "model", dtype=torch.float32)
+    return _supervised(ctx, model, processor, "sft")
+
+
+def _preference_scores(model, dataset: ShardDataset, collate, batch_size: int,
+                       reference: torch.Tensor, beta: float) -> dict[str, float]:
+    """Mean margin, reward accuracy and preference accuracy of `model` on `dataset`
+    against reference log-probs scored before training."""
+    if not len(dataset):
+        return {"margin": 0.0, "reward_accuracy": 0.0, "pref_accuracy": 0.0, "pairs": 0}
+    policy = precompute_reference(model, dataset, collate, batch_size)
+    margins = beta * ((policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1]))
+    return {"margin": float(margins.mean()),
+            "reward_accuracy": float((margins > 0).float().mean()),
+            "pref_accuracy": float((policy[:, 0] > policy[:, 1]).float().mean()),
+            "pairs": len(dataset)}
 
 
 def run_dpo(ctx: StageContext) -> StageOutput:
-    """Stage 3: DPO of `dpo.trainable` on `dpo.jsonl` against a frozen copy of the sft
-    model; reports the preference margin and accuracy on `dpo_eval.jsonl` before/after."""
+    """Stage 3: DPO of `dpo.trainable` on the dpo mix against the sft model; reports the
+    preference margin and accuracy on the `dpo_eval` pairs before and after."""
     s = ctx.settings
-    train = s.dpo
+    t = s.dpo
     log.info("dpo: %s", detect_runtime().describe())
-    model, processor = load_model(ctx.stage_dir("sft") / "model")
-    mix = ctx.stage_dir("mix")
-    pad = processor.tokenizer.pad_token_id
-    train_set = PreferenceDataset(read_records(mix / "dpo.jsonl"), ctx.data_dir, processor,
-                                  s.model.max_length)
-    eval_set = PreferenceDataset(read_records(mix / "dpo_eval.jsonl"), ctx.data_dir, processor,
-                                 s.model.max_length)
-    examples = [e for pair in [*train_set.pairs, *eval_set.pairs] for e in pair]
-    check_image_token_agreement(processor, model, [*PROBE_SIZES, *_data_sizes(examples)])
-
-    # weight of the chosen-answer NLL added to the DPO loss (components/train/dpo.py): pure
-    # DPO (0.0) made the tiny model stop ending its answers on held-out questions
-    nll_weight = train.rpo_alpha
-    counts = set_trainable(model, train.trainable)
-    reference = make_reference(model)
-    eval_loader = _loader(eval_set, train.batch_size, pad, s.seed, shuffle=False,
-                          preference=True)
-    before = preference_margin(model, reference, eval_loader, train.beta)
-    loader = _loader(train_set, train.batch_size, pad, s.seed, shuffle=True, preference=True)
-    history = train_loop(
-        model, trainable_parameters(model), loader, train, seed=s.seed,
-        loss_fn=DPOLoss(reference, train.beta, nll_weight=nll_weight),
-        batch_size_of=lambda b: int(b["input_ids"].shape[0]) // 2,
-        log_metrics=ctx.log_metrics, progress=ctx.progress, description=ctx.name,
-    )
-    after = preference_margin(model, reference, eval_loader, train.beta)
-    save_model(model, processor, ctx.out_dir / "model")
+    model, processor = load_model(ctx.stage_dir("sft") / "model", dtype=torch.float32)
+    chat = ChatFormat(processor, system_prompt=s.engine.system_prompt)
+    train_set = _dataset(ctx, "dpo", processor, chat, preference=True)
+    eval_set = _dataset(ctx, "dpo_eval", processor, chat, preference=True)
+    skipped = record_skips(ctx, train_set, "dpo")
+    record_skips(ctx, eval_set, "dpo_eval")
+    _check_agreement(processor, model, train_set)
+    collate = SampleCollator(processor.tokenizer.pad_token_id)
+    counts = set_trainable(model, t.trainable)
+    batch = t.per_device_batch_size or t.global_batch_size
+    # the sft model before any DPO step is the reference: score the eval pairs now
+    eval_reference = precompute_reference(model, eval_set, collate, batch)
+    if t.precompute_ref_log_probs:
+        objective = DPOObjective(t.beta, t.rpo_alpha,
+                                 ref_logps=precompute_reference(model, train_set, collate,
+                                                                batch))
+    else:
+        objective = DPOObjective(t.beta, t.rpo_alpha, reference=make_reference(model))
+    before = {"margin": 0.0, "reward_accuracy": 0.0, "pairs": len(eval_set),
+              "pref_accuracy": float((eval_reference[:, 0] > eval_reference[:, 1])
+                                     .float().mean()) if len(eval_set) else 0.0}
+    result = train_stage(s, "dpo", ctx.out_dir, model, train_set, collate, objective,
+                         config_digest=stage_digest(ctx), log_metrics=ctx.log_metrics,
+                         progress=ctx.progress)
+    after = _preference_scores(model, eval_set, collate, batch, eval_reference, t.beta)
+    _save(ctx, result, processor)
     extra = {
-        "margin_before": before["margin"],
-        "margin_after": after["margin"],
+        "margin_before": before["margin"], "margin_after": after["margin"],
         "pref_accuracy_before": before["pref_accuracy"],
         "pref_accuracy_after": after["pref_accuracy"],
         "reward_accuracy_after": after["reward_accuracy"],
     }
-    ctx.log_metrics(extra, history.steps)
-    return _finish(ctx, train, history, counts, len(train_set), extra_metrics=extra,
+    ctx.log_metrics(extra, result.steps)
+    return _finish(ctx, result, counts, len(train_set), skipped, extra_metrics=extra,
                    extra_counts={"eval_pairs": len(eval_set)},
-                   extra_params={"beta": train.beta, "nll_weight": nll_weight})
+                   extra_params={"beta": t.beta, "nll_weight": t.rpo_alpha,
+                                 "precompute_ref_log_probs": t.precompute_ref_log_probs})

@@ -1,0 +1,156 @@
+"""Where this process stands in a `torchrun` launch, and how a stage is launched on N.
+
+A training stage on N processes is `torchrun` (torch's elastic launcher: one process per
+device, gloo on CPU, NCCL on GPUs) running `python -m components.train.worker`, which runs
+the very stage function a single process runs. Multi-node launches pass the same
+`--nnodes/--node-rank/--rdzv-endpoint` a Kubernetes PyTorchJob or JobSet sets. There is no
+scheduler or RPC here: torchrun starts the processes, the Trainer (through Accelerate)
+forms the process group and shards the data; only rank 0 writes models, manifests and
+MLflow runs.
+
+`World` reads the `RANK`/`WORLD_SIZE`/`LOCAL_RANK` variables torchrun sets; `barrier()`
+is a no-op until a process group exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from components.errors import AmaliaError, ConfigError
+
+TRAINING_STAGES = ("align", "sft", "dpo")
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    local_rank: int
+    world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if self.distributed and dist.is_available() and dist.is_initialized():
+            dist.barrier()
+
+
+def world() -> World:
+    """This process's place in the launch (1 process when not under torchrun)."""
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)),
+                 int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def init_process_group() -> None:
+    """Form the process group now (Accelerate's `PartialState`: gloo on CPU, NCCL on GPU)
+    so that rank 0 can prepare the stage folder before the others read it."""
+    if world().distributed:
+        from accelerate import PartialState
+
+        PartialState()
+
+
+def check_nproc(nproc: int, nnodes: int = 1) -> None:
+    """Refuse more processes per node than this node has devices (GPUs, else CPU cores)."""
+    import torch
+
+    from components.accel import available_cores
+
+    if nproc < 1 or nnodes < 1:
+        raise ConfigError(f"--nproc {nproc} / --nnodes {nnodes}: both must be >= 1")
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            raise ConfigError(f"--nproc {nproc} is more than the {gpus} GPUs of this node",
+                              f"use --nproc {gpus} (one process per GPU)")
+        return
+    cores = available_cores()
+    if nproc > cores:
+        raise ConfigError(f"--nproc {nproc} is more than the {cores} CPU cores of this node",
+                          f"use --nproc {cores} or fewer (one gloo process per core)")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How to start a stage: `nproc` per node; multi-node needs `rdzv_endpoint`."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int | None = None
+    rdzv_endpoint: str | None = None
+    rdzv_id: str = "amalia-vl"
+
+    @property
+    def distributed(self) -> bool:
+        return self.nproc * self.nnodes > 1
+
+
+def torchrun_command(launch: Launch, worker_args: list[str]) -> list[str]:
+    """The `torchrun` command line (as `python -m torch.distributed.run`) for a worker."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc}"]
+    if launch.nnodes > 1:
+        if not launch.rdzv_endpoint:
+            raise ConfigError(f"--nnodes {launch.nnodes} needs --rdzv-endpoint HOST:PORT",
+                              "pass the address of the rendezvous host (node 0)")
+        cmd += [f"--nnodes={launch.nnodes}", "--rdzv-backend=c10d",
+                f"--rdzv-endpoint={launch.rdzv_endpoint}", f"--rdzv-id={launch.rdzv_id}"]
+        if launch.node_rank is not None:
+            cmd.append(f"--node-rank={launch.node_rank}")
+    elif launch.rdzv_endpoint:
+        cmd += ["--nnodes=1", "--rdzv-backend=c10d", f"--rdzv-endpoint={launch.rdzv_endpoint}"]
+    else:
+        cmd.append("--standalone")
+    return [*cmd, "-m", "components.train.worker", *worker_args]
+
+
+def launch_stage(name: str, run_dir: Path, launch: Launch, *, profile: str | None,
+                 params_path: str | None, parent_run_id: str | None, restart: bool,
+                 progress: bool) -> None:
+    """Run training stage `name` on `launch.nproc` x `launch.nnodes` processes and wait.
+
+    Raises the workers' own one-line `AmaliaError` when a worker fails for a known reason,
+    else an `AmaliaError` naming the exit status.
+    """
+    if name not in TRAINING_STAGES:
+        raise ConfigError(f"--nproc applies to the training stages ({', '.join(TRAINING_STAGES)}),"
+                          f" not '{name}'")
+    from components.accel import available_cores
+
+    check_nproc(launch.nproc, launch.nnodes)
+    errors = Path(tempfile.mkdtemp(prefix="amalia-launch-"))
+    args = [name, "--run-dir", str(run_dir)]
+    if profile:
+        args += ["--profile", profile]
+    if params_path:
+        args += ["--params", str(params_path)]
+    if parent_run_id:
+        args += ["--parent-run-id", parent_run_id]
+    if restart:
+        args.append("--restart")
+    if not progress:
+        args.append("--no-progress")
+    env = {**os.environ, "AMALIA_ERROR_DIR": str(errors), "OMP_NUM_THREADS":
+           os.environ.get("OMP_NUM_THREADS", str(max(1, available_cores() // launch.nproc)))}
+    try:
+        proc = subprocess.run(torchrun_command(launch, args), env=env, check=False)
+        if proc.returncode != 0:
+            messages = sorted(errors.glob("rank-*.txt"))
+            if messages:
+                raise AmaliaError(messages[0].read_text().strip())
+            raise AmaliaError(f"stage {name}: torchrun exited with status {proc.returncode}",
+                              "see the worker logs above")
+    finally:
+        shutil.rmtree(errors, ignore_errors=True)

@@ -1,0 +1,622 @@
+"""The training engine: every stage (align, sft, dpo) runs on the transformers `Trainer`.
+
+`train_stage(...)` builds `TrainingArguments` from params.yaml (`train:` + the stage's
+section), extends the Trainer only through its documented hooks, trains, and returns a
+`TrainResult` (per-step history, resolved plan, resume point). Nothing here loops over
+batches by hand: backward, accumulation, clipping, the optimizer/scheduler step,
+DDP / DeepSpeed ZeRO / FSDP wrapping, checkpointing and exact resume are the Trainer's.
+
+Contracts:
+
+- **Global batch** = per-device batch x gradient accumulation x world size
+  (`resolve_batch`); the objective normalises each micro-batch by the item count of the
+  whole global batch (tokens for LM losses, pairs for DPO, counted over every
+  accumulation micro-batch and every rank) and is scaled for the ranks' gradient
+  averaging, so N processes at batch B/N train exactly like 1 process at batch B.
+- **Precision** (`resolve_precision`): bf16/fp16 are autocast over fp32 master weights and
+  fp32 AdamW state (the model is kept in fp32; DeepSpeed keeps its own fp32 master copy);
+  never pure-bf16 AdamW, which rounds small updates away.
+- **Learning rates**: one AdamW parameter group per trainable part, at
+  `learning_rate x lr_multipliers[part]` (`freeze.parameter_groups`), cosine with linear
+  warm-up down to `min_lr_ratio`.
+- **Strategy** (`resolve_strategy`): `ddp`, DeepSpeed `zero2`/`zero3` (config generated into
+  the stage folder by `deepspeed_config`, or the user's, checked against the plan), `fsdp`.
+  Without CUDA, DeepSpeed and FSDP fall back to DDP over gloo with a logged reason.
+- **Checkpoints** (`components.train.checkpoints`): every `train.save_steps` into
+  `<stage>/checkpoints/checkpoint-N/` (model, optimizer, scheduler, RNG, data position,
+  trainer state), sealed by `amalia_checkpoint.json`; a re-run resumes from the newest.
+- **Metrics** (every step into the trainer state, every `train.logging_steps` to MLflow):
+  loss, lr of the step just taken, grad-norm, tokens/s, images/s, padding ratio, the
+  objective's own statistics (DPO rewards, margins, accuracy, log-probs) and MFU on GPUs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from components.accel import Runtime, detect_runtime
+from components.errors import ConfigError
+from components.model.freeze import parameter_groups
+from components.settings import EngineSettings, Settings, TrainSettings
+from components.stages import MetricLogger
+from components.train import checkpoints
+from components.train.distributed import world
+
+log = logging.getLogger(__name__)
+
+# dense bf16 peak FLOP/s per device, for MFU (vendor datasheets, no sparsity)
+PEAK_BF16_FLOPS: dict[str, float] = {
+    "H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
+    "L40S": 362e12, "L4": 121e12, "A10G": 125e12, "GH200": 989e12, "B200": 2250e12,
+}
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The batch sizes as resolved for this launch (recorded in the stage manifest)."""
+
+    world_size: int
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    global_batch_size: int
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def resolve_batch(train: TrainSettings, world_size: int, stage: str) -> BatchPlan:
+    """Per-device batch and accumulation that give `train.global_batch_size` on
+    `world_size` processes; `ConfigError` naming the setting when they cannot."""
+    g = train.global_batch_size
+    per = train.per_device_batch_size
+    if per is None:
+        if g % world_size:
+            raise ConfigError(
+                f"{stage}.global_batch_size={g} does not split over {world_size} processes",
+                f"set {stage}.per_device_batch_size, or a global batch that is a multiple "
+                f"of {world_size}",
+            )
+        per = g // world_size
+    if g % (per * world_size):
+        raise ConfigError(
+            f"{stage}.global_batch_size={g} is not a multiple of per_device_batch_size={per} "
+            f"x world size {world_size}",
+            f"choose a global batch that is a multiple of {per * world_size}, or another "
+            f"{stage}.per_device_batch_size",
+        )
+    return BatchPlan(world_size, per, g // (per * world_size), g)
+
+
+def resolve_precision(engine: EngineSettings, runtime: Runtime) -> str:
+    """`fp32`, `bf16` or `fp16` for this box (`auto`: bf16 on a bf16-capable GPU)."""
+    cuda = runtime.device == "cuda"
+    if engine.precision == "auto":
+        return "bf16" if cuda and runtime.dtype == torch.bfloat16 else "fp32"
+    if engine.precision == "fp16" and not cuda:
+        raise ConfigError("train.precision=fp16 needs a CUDA GPU (fp16 loss scaling)",
+                          "use train.precision: bf16 or fp32 on a CPU")
+    return engine.precision
+
+
+def resolve_strategy(engine: EngineSettings, runtime: Runtime) -> tuple[str, str | None]:
+    """(strategy used, reason for a fallback or None)."""
+    wanted = engine.strategy
+    if wanted in ("zero2", "zero3", "fsdp") and runtime.device != "cuda":
+        engine_name = "DeepSpeed ZeRO" if wanted.startswith("zero") else "FSDP"
+        return "ddp", (f"train.strategy={wanted}: {engine_name} needs CUDA GPUs; CPU "
+                       "fallback to DDP over gloo")
+    if wanted.startswith("zero") and not runtime.deepspeed_available:
+        raise ConfigError(f"train.strategy={wanted} needs deepspeed, which does not import",
+                          "pip install deepspeed (docker/Dockerfile.gpu has it), or use ddp")
+    return wanted, None
+
+
+def deepspeed_config(stage_zero: int, plan: BatchPlan, precision: str,
+                     train: TrainSettings) -> dict[str, Any]:
+    """A DeepSpeed config for ZeRO stage 2 or 3 with every batch value explicit.
+
+    No `optimizer`/`scheduler` sections: the Trainer hands DeepSpeed its own AdamW (one
+    group per trainable part) and cosine schedule, so all strategies train alike. bf16 in
+    DeepSpeed keeps fp32 master weights and optimizer state.
+    """
+    zero: dict[str, Any] = {
+        "stage": stage_zero,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": 5e8,
+        "allgather_bucket_size": 5e8,
+    }
+    if stage_zero == 3:
+        zero.update({
+            "stage3_prefetch_bucket_size": 5e8,
+            "stage3_param_persistence_threshold": 1e6,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        })
+    return {
+        "train_batch_size": plan.global_batch_size,
+        "train_micro_batch_size_per_gpu": plan.per_device_batch_size,
+        "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+        "gradient_clipping": train.max_grad_norm,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        "zero_optimization": zero,
+        "steps_per_print": 1_000_000_000,
+        "wall_clock_breakdown": False,
+    }
+
+
+def check_deepspeed_config(config: dict[str, Any], plan: BatchPlan, source: str) -> None:
+    """Refuse a DeepSpeed config whose batch values contradict the resolved plan."""
+    expected = {
+        "train_batch_size": plan.global_batch_size,
+        "train_micro_batch_size_per_gpu": plan.per_device_batch_size,
+        "gradient_accumulation_steps": plan.gradient_accumulation_steps,
+    }
+    for key, want in expected.items():
+        have = config.get(key, "auto")
+        if have != "auto" and int(have) != want:
+            raise ConfigError(
+                f"{source}: {key}={have} does not fit world size {plan.world_size} "
+                f"(this launch resolves {key}={want}: per-device "
+                f"{plan.per_device_batch_size} x accumulation "
+                f"{plan.gradient_accumulation_steps} x {plan.world_size} processes)",
+                f'set "{key}": "auto" (or {want}) in {source}, or change --nproc',
+            )
+    stage = (config.get("zero_optimization") or {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{source}: zero_optimization.stage={stage} is not 0-3")
+
+
+FSDP_WRAP = ["LlamaDecoderLayer", "SiglipEncoderLayer"]
+
+
+def fsdp_options(precision: str) -> dict[str, Any]:
+    """TrainingArguments' `fsdp`/`fsdp_config` for full sharding of the decoder and tower
+    layers (`use_orig_params` keeps the per-part groups and frozen parts working)."""
+    return {
+        "fsdp": "full_shard auto_wrap",
+        "fsdp_config": {"transformer_layer_cls_to_wrap": FSDP_WRAP, "use_orig_params": True,
+                        "mixed_precision": precision},
+    }
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+# batch keys the collators add beside the model's inputs (never passed to forward)
+META_KEYS = ("real_images", "sample_index", "ref_chosen_logps", "ref_rejected_logps")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without `META_KEYS`."""
+    return {k: v for k, v in batch.items() if k not in META_KEYS}
+
+
+class Objective(Protocol):
+    """What a stage optimises. `count(batch)`: the items of a micro-batch the loss averages
+    over (tokens, pairs); `__call__`: the micro-batch's share of the global-batch loss,
+    `sum over its items / num_items` (num_items = the whole global batch), plus statistics
+    to log as sums with their item count under `_n` (logged as means over `_n`, all ranks
+    and micro-batches of the step together)."""
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int: ...
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor],
+                 num_items: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+class LMObjective:
+    """Next-token cross-entropy on the label tokens (assistant turns), averaged over all
+    label tokens of the global batch: the model's own loss with `num_items_in_batch`."""
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"][:, 1:] != -100).sum())
+
+    def __call__(self, model, batch, num_items):
+        out = model(**model_inputs(batch), num_items_in_batch=num_items)
+        return out.loss, {}
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+class AmaliaTrainer(Trainer):
+    """`Trainer` with our objective, per-part parameter groups, a reproducible block
+    sampler and per-step throughput statistics, through the Trainer's hooks
+    (`compute_loss`, `create_optimizer`, `get_batch_samples`, `_get_train_sampler`,
+    `log`) and one fix (`_load_from_checkpoint`, see there)."""
+
+    # compute_loss already divides by the global item count: no extra 1/accumulation
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, objective: Objective, train_settings: TrainSettings,
+                 flops_per_token: float | None = None, peak_flops: float | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.train_settings = train_settings
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self._stats: dict[str, float] = {}
+        self._last_log = time.perf_counter()
+
+    # the dataset decides the order (seeded block shuffle: exact resume, sharded reads)
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if hasattr(dataset, "sampler"):
+            return dataset.sampler(self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """transformers 5 writes checkpoints in the model's original key layout
+        (`save_pretrained(save_original_format=True)`: `language_model.model.*` for
+        LlavaNext) but the Trainer reloads them with `load_state_dict(strict=False)`, which
+        then matches no key and silently resumes from the initial weights. Reload through
+        `from_pretrained` (which converts the keys) and copy strictly, so a missing or
+        renamed weight is an error, not a wrong model. DeepSpeed and FSDP checkpoints keep
+        their own loaders."""
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        dtype = next(target.parameters()).dtype
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            t = self.train_settings
+            groups = parameter_groups(self.model if model is None else model, t.trainable,
+                                      t.learning_rate, t.lr_multipliers, t.weight_decay)
+            self.optimizer = torch.optim.AdamW(groups, lr=t.learning_rate,
+                                               betas=(0.9, 0.999), eps=1e-8)
+        return self.optimizer
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batches: list[dict[str, torch.Tensor]] = []
+        for _ in range(num_batches):
+            try:
+                batches.append(next(epoch_iterator))
+            except StopIteration:
+                break
+        local = torch.tensor(sum(self.objective.count(b) for b in batches), device=device)
+        total = self.accelerator.gather(local).sum() if self.accelerator.num_processes > 1 \
+            else local
+        return batches, total
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if num_items_in_batch is None:  # outside the training loop (not used by us)
+            num_items_in_batch = torch.tensor(self.objective.count(inputs))
+        loss, stats = self.objective(model, inputs, num_items_in_batch)
+        self._add_stats(inputs, stats)
+        # DDP / DeepSpeed / FSDP average gradients over ranks: undo it, so the gradient is
+        # that of the global-batch mean
+        loss = loss * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+    def _add_stats(self, inputs: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]):
+        mask = inputs["attention_mask"]
+        add = {
+            "tokens": float(mask.sum()),
+            "positions": float(mask.numel()),
+            "images": float(inputs["real_images"].sum()) if "real_images" in inputs else 0.0,
+            "samples": float(mask.shape[0]),
+        }
+        add.update({k: float(v.detach()) for k, v in stats.items()})
+        for key, value in add.items():
+            self._stats[key] = self._stats.get(key, 0.0) + value
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and "train_runtime" not in logs:
+            logs.update(self._step_metrics())
+        super().log(logs, start_time)
+
+    def _step_metrics(self) -> dict[str, float]:
+        now = time.perf_counter()
+        seconds, self._last_log = max(now - self._last_log, 1e-9), now
+        keys = sorted(self._stats)
+        values = torch.tensor([self._stats[k] for k in keys], dtype=torch.float64,
+                              device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            values = self.accelerator.reduce(values, reduction="sum")
+        total = dict(zip(keys, values.tolist(), strict=True))
+        self._stats = {}
+        tokens = total.pop("tokens", 0.0)
+        positions = total.pop("positions", 0.0)
+        out = {
+            "tokens_per_s": tokens / seconds,
+            "images_per_s": total.pop("images", 0.0) / seconds,
+            "padding_ratio": 1.0 - tokens / positions if positions else 0.0,
+            "step_seconds": seconds,
+        }
+        total.pop("samples", None)
+        n = total.pop("_n", 0.0)  # the objective's own statistics are means over its items
+        out.update({key: value / n for key, value in total.items() if n})
+        if self.flops_per_token and self.peak_flops:
+            out["mfu"] = tokens / seconds * self.flops_per_token / (
+                self.peak_flops * self.accelerator.num_processes)
+        return out
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+class MetricsToSink(TrainerCallback):
+    """Every `every` optimizer steps (and the last), the step's metrics to the stage's
+    metric sink (MLflow on rank 0), as `train/<name>`-free flat names: loss, lr, ..."""
+
+    RENAME = {"learning_rate": "lr"}
+    SKIP = ("epoch", "step_seconds")
+
+    def __init__(self, sink: MetricLogger, every: int):
+        self.sink, self.every = sink, every
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "loss" not in logs or "train_runtime" in logs:
+            return
+        step = state.global_step
+        if step % self.every and step != state.max_steps:
+            return
+        if state.is_world_process_zero:
+            self.sink({self.RENAME.get(k, k): float(v) for k, v in logs.items()
+                       if k not in self.SKIP and isinstance(v, int | float)}, step)
+
+
+class RichProgress(TrainerCallback):
+    """One rich progress bar on rank 0: steps done of all, last loss, elapsed time."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.bar = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+                            TimeRemainingColumn())
+        self.bar.start()
+        self.task = self.bar.add_task(self.description, total=state.max_steps,
+                                      completed=state.global_step, loss=float("nan"))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.update(self.task, completed=state.global_step, loss=float(logs["loss"]))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+# ----------------------------------------------------------------------------- entry
+
+
+@dataclass
+class TrainResult:
+    """What a stage's training did (everything JSON-able goes into metrics/manifest)."""
+
+    loss_history: list[float]
+    step_logs: list[dict[str, float]]
+    plan: BatchPlan
+    precision: str
+    strategy: str
+    steps: int
+    seconds: float
+    samples: int
+    resumed_from_step: int | None
+    fallback: str | None = None
+    strategy_config: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+    def engine_record(self) -> dict[str, Any]:
+        """The resolved engine settings, as the manifest records them."""
+        return {"world_size": self.plan.world_size,
+                "per_device_batch_size": self.plan.per_device_batch_size,
+                "gradient_accumulation_steps": self.plan.gradient_accumulation_steps,
+                "global_batch_size": self.plan.global_batch_size,
+                "precision": self.precision, "strategy": self.strategy,
+                "strategy_fallback": self.fallback, "resumed_from_step": self.resumed_from_step}
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> float:
+    """Training FLOPs per token: 6 x parameters + 12 x layers x hidden x sequence length
+    (the attention term of Chinchilla / PaLM's MFU accounting), for the language model."""
+    n_params = sum(p.numel() for p in model.parameters())
+    text = model.config.text_config
+    return 6.0 * n_params + 12.0 * text.num_hidden_layers * text.hidden_size * seq_len
+
+
+def peak_flops(runtime: Runtime) -> float | None:
+    if runtime.device != "cuda":
+        return None
+    name = torch.cuda.get_device_name(0)
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key in name:
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
+def training_arguments(settings: Settings, stage: str, out_dir: Path, plan: BatchPlan,
+                       precision: str, strategy: str, runtime: Runtime,
+                       strategy_config: Path | None) -> TrainingArguments:
+    """The `TrainingArguments` of one stage (see the module docstring)."""
+    e, t = settings.engine, settings.stage_train(stage)
+    cuda = runtime.device == "cuda"
+    extra: dict[str, Any] = {}
+    if strategy.startswith("zero"):
+        extra["deepspeed"] = str(strategy_config)
+    elif strategy == "fsdp":
+        extra.update(fsdp_options(precision))
+    return TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        per_device_train_batch_size=plan.per_device_batch_size,
+        gradient_accumulation_steps=plan.gradient_accumulation_steps,
+        num_train_epochs=t.epochs,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio},
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not cuda,
+        logging_strategy="steps",
+        logging_steps=1,  # every step into the trainer state: exact loss history
+        save_strategy="steps",
+        save_steps=e.save_steps,
+        save_total_limit=e.save_total_limit,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        report_to=[],
+        disable_tqdm=True,
+        log_level="warning",
+        remove_unused_columns=False,
+        dataloader_drop_last=True,  # equal global batches on any world size
+        dataloader_num_workers=e.dataloader_workers,
+        dataloader_persistent_workers=e.dataloader_workers > 0,
+        dataloader_pin_memory=cuda,
+        activation_checkpointing=e.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if e.gradient_checkpointing
+        else None,
+        ddp_backend=("nccl" if cuda else "gloo") if plan.world_size > 1 else None,
+        ddp_find_unused_parameters=False,
+        ddp_timeout=e.ddp_timeout_s,
+        average_tokens_across_devices=True,
+        **extra,
+    )
+
+
+def write_strategy_config(settings: Settings, stage: str, out_dir: Path, plan: BatchPlan,
+                          precision: str, strategy: str) -> Path | None:
+    """The DeepSpeed / FSDP config of this launch as JSON in the stage folder (or None for
+    DDP): generated from params.yaml, or the user's `train.deepspeed_config`, checked."""
+    t = settings.stage_train(stage)
+    if strategy.startswith("zero"):
+        user = settings.engine.deepspeed_config
+        if user:
+            path = Path(user)
+            try:
+                config = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ConfigError(f"train.deepspeed_config {path}: cannot read it ({exc})",
+                                  "point train.deepspeed_config at a DeepSpeed JSON file") \
+                    from None
+            check_deepspeed_config(config, plan, str(path))
+        else:
+            config = deepspeed_config(int(strategy[-1]), plan, precision, t)
+        target = out_dir / "deepspeed_config.json"
+    elif strategy == "fsdp":
+        config = fsdp_options(precision)
+        target = out_dir / "fsdp_config.json"
+    else:
+        return None
+    target.write_text(json.dumps(config, indent=2))
+    return target
+
+
+def train_stage(
+    settings: Settings,
+    stage: str,
+    out_dir: Path,
+    model: nn.Module,
+    dataset,
+    collator: Callable,
+    objective: Objective,
+    *,
+    config_digest: str,
+    log_metrics: MetricLogger,
+    progress: bool,
+    runtime: Runtime | None = None,
+    callbacks: list[TrainerCallback] | None = None,
+) -> TrainResult:
+    """Train `model` on `dataset` with the Trainer; resumes from the newest valid checkpoint
+    in `<out_dir>/checkpoints/` made with the same `config_digest` (see checkpoints)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint
+    rt = runtime or detect_runtime()
+    ws = world()
+    t = settings.stage_train(stage)
+    plan = resolve_batch(t, ws.world_size, stage)
+    precision = resolve_precision(settings.engine, rt)
+    strategy, fallback = resolve_strategy(settings.engine, rt)
+    if fallback:
+        log.warning("%s: %s", stage, fallback)
+    if len(dataset) < plan.global_batch_size:
+        raise ConfigError(
+            f"{stage}: {len(dataset)} samples are fewer than one global batch "
+            f"({plan.global_batch_size})", f"lower {stage}.global_batch_size or add data")
+    config_path = write_strategy_config(settings, stage, out_dir, plan, precision, strategy) \
+        if ws.is_main else (out_dir / ("deepspeed_config.json" if strategy.startswith("zero")
+                                       else "fsdp_config.json"))
+    ws.barrier()
+    args = training_arguments(settings, stage, out_dir, plan, precision, strategy, rt,
+                              config_path)
+    resume = checkpoints.resume_point(out_dir / "checkpoints", config_digest)
+    trainer = AmaliaTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator,
+        objective=objective, train_settings=t,
+        flops_per_token=flops_per_token(model, settings.model.max_length) if rt.device ==
+        "cuda" else None,
+        peak_flops=peak_flops(rt),
+    )
+    for noisy in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(noisy)
+    trainer.add_callback(checkpoints.SealCheckpoint(config_digest))
+    trainer.add_callback(MetricsToSink(log_metrics, settings.engine.logging_steps))
+    if progress:
+        trainer.add_callback(RichProgress(stage))
+    for callback in callbacks or []:
+        trainer.add_callback(callback)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+    seconds = time.perf_counter() - started
+    steps_logs = [e for e in trainer.state.log_history if "loss" in e and "train_runtime" not in e]
+    result = TrainResult(
+        loss_history=[float(e["loss"]) for e in steps_logs],
+        step_logs=steps_logs,
+        plan=plan, precision=precision, strategy=strategy, fallback=fallback,
+        steps=trainer.state.global_step, seconds=seconds,
+        samples=(trainer.state.global_step - (resume.step if resume else 0))
+        * plan.global_batch_size,
+        resumed_from_step=resume.step if resume else None,
+        strategy_config=config_path.name if config_path and strategy != "ddp" else None,
+    )
+    result.extra["trainer"] = trainer
+    return result
+
+
+def mean_of(logs: list[dict[str, float]], key: str) -> float | None:
+    values = [e[key] for e in logs if key in e and math.isfinite(e[key])]
+    return sum(values) / len(values) if values else None
