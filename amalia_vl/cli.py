@@ -172,7 +172,6 @@ def stage(
         settings = load_settings(profile,
                                  overrides={"ingest": {"inputs": inputs}} if inputs else None)
         target = _run_dir(run_dir, settings)
-        check_prerequisites(name, target, settings)  # fail before MLflow opens a run
         launch = _launch(nproc, nnodes, node_rank, rdzv_endpoint)
         if launch.distributed:
             from components.train.distributed import TRAINING_STAGES, check_nproc
@@ -181,6 +180,7 @@ def stage(
                 raise AmaliaError(f"--nproc applies to the training stages "
                                   f"({', '.join(TRAINING_STAGES)}), not '{name}'")
             check_nproc(nproc, nnodes)
+        check_prerequisites(name, target, settings)  # fail before MLflow opens a run
         manifest = run_tracked_stage(name, settings, target, progress=progress,
                                      restart=restart, launch=launch)
     except AmaliaError as exc:

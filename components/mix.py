@@ -18,11 +18,12 @@ Outputs in `<out_dir>/`:
 - `shards/<name>/part-NNNNN.parquet` for `align`, `sft`, `dpo`, `eval`, `dpo_eval`: every
   row of the mix (all kinds, text-only ones included) in the record schema plus
   `image_bytes` (the validated image bytes, so a shard folder is self-contained), at most
-  `mix.shard_rows` rows a shard. This is the artifact to scale on.
-- `<name>.jsonl`: the rows today's trainers read (`read_records`): records with an image whose
-  kind the trainers take (`caption` for align, `qa` for sft/eval with `multiple_choice`
-  written as `qa` with options, `preference` for dpo/dpo_eval). Conversation, grounding and
-  text-only rows live in the shards only.
+  `mix.shard_rows` rows a shard, row groups of at most 1,024 rows. The trainers stream these
+  (`components.train.dataset.ShardDataset`: every kind trains); this is the artifact to
+  scale on.
+- `<name>.jsonl`: a readable view of the image records of the kinds the evaluation reads
+  (`eval.jsonl` feeds the embedded eval tasks: `qa`, with `multiple_choice` written as
+  `qa` with options; `caption` for align, `preference` for dpo/dpo_eval), for inspection.
 - `mix_report.json`: weights, and per output `rows`, `images` (distinct), `tokens` (text
   tokens: words and punctuation marks, a tokenizer-free estimate), `by_source`,
   `by_language`, `by_task_family` (rows) and `by_source_family` (rows, images and tokens

@@ -231,3 +231,20 @@ def test_pretrained_parts_from_local_folders(tmp_path, settings):
         "vision_model_id": "google/siglip2-so400m-patch14-384"})})
     with pytest.raises(MissingInputError, match="google/siglip2-so400m-patch14-384"):
         load_pretrained_parts(offline)
+
+
+def test_vision_feature_layer_is_configurable_and_unread_layers_stay_frozen():
+    from components.model.build import build_tiny_model
+
+    settings = load_settings("tiny", overrides={"model": {"vision_feature_layer": -2}})
+    model, processor = build_tiny_model(settings, ["De que cor é a forma?"] * 3)
+    assert model.config.vision_feature_layer == -2
+    check_image_token_agreement(processor, model, [(64, 48), (300, 17)])
+    set_trainable(model, ["vision_tower"])
+    frozen = {n for n, p in model.named_parameters()
+              if n.startswith("model.vision_tower.") and not p.requires_grad}
+    last = model.config.vision_config.num_hidden_layers - 1
+    # the penultimate layer's output feeds the connector: the last layer is never read
+    assert frozen and all(f"layers.{last}." in n or "post_layernorm" in n for n in frozen)
+    assert any(f"layers.{last}." in n for n in frozen)
+    assert not any(f"layers.{last - 1}." in n for n in frozen)

@@ -20,7 +20,7 @@ from components.stages import StageContext
 from components.train.chat import Budget, ChatFormat
 from components.train.dataset import BlockShuffleSampler, SampleCollator, ShardDataset
 from components.train.engine import LMObjective, train_stage
-from tests.train_helpers import COLOURS, QUESTION, make_mix, overrides
+from tests.train_helpers import COLOURS, QUESTION, make_mix, overrides, shard
 
 
 def _connector_free(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -230,3 +230,17 @@ def test_dataset_memory_is_indices_not_samples(tmp_path):
                    if not isinstance(v, set))
     sample = dataset[3]
     assert sample.pixel_values[0].ndim == 4 and sample.real_images == 1
+
+
+def test_tokenizer_corpus_is_training_texts_only(tmp_path):
+    from components.train.stages import mix_texts
+
+    data, run = make_mix(tmp_path, n=4)
+    held_out = Record(id="t1", kind="qa", source="native", language="pt-PT", split="test",
+                      task_family="cor", image="img/0.png", question="Palavrasecretíssima?",
+                      answer="azul")
+    shard(run / "mix" / "shards" / "eval", [held_out], data, embed=False)
+    texts = mix_texts(run / "mix")
+    assert "Palavrasecretíssima?" not in texts  # eval text never reaches the vocabulary
+    assert "Um círculo vermelho." in texts and QUESTION in texts  # training texts do
+    assert any("Responde diretamente" in t for t in texts)  # the MC prompt training adds

@@ -32,7 +32,7 @@ SMALL_MODEL = {
 }
 
 
-def _shard(folder: Path, records: list[Record], data: Path, embed: bool) -> None:
+def shard(folder: Path, records: list[Record], data: Path, embed: bool) -> None:
     writer = ShardWriter(folder, mix_schema(), group_rows=8)
     for rec in records:
         blobs = [(data / p).read_bytes() for p in rec.image_list()] if embed else None
@@ -68,7 +68,7 @@ def make_mix(root: Path, n: int = 16, seed: int = 0, extra_sft: list[Record] | N
                "dpo_eval": prefs[: n // 2],
                "eval": [r.model_copy(update={"split": "test"}) for r in qas[:4]]}
     for name, rows in outputs.items():
-        _shard(mix / "shards" / name, rows, data, embed)
+        shard(mix / "shards" / name, rows, data, embed)
     write_records(mix / "eval.jsonl", outputs["eval"])
     for stage in ("validate", "translate"):
         (run / stage).mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ later stage, the registry and `ask` consume.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -233,12 +234,28 @@ def load_pretrained_parts(
     return model.to(device=rt.device, dtype=rt.dtype), processor
 
 
+CHAT_FORMAT_FILE = "chat_format.json"
+
+
+def save_chat_format(processor, directory: Path, system_prompt: str | None) -> None:
+    """Record the system prompt the model is trained with beside its processor (read back
+    by `load_model` into `processor.system_prompt`); nothing is written without one."""
+    processor.system_prompt = system_prompt
+    path = Path(directory) / CHAT_FORMAT_FILE
+    if system_prompt:
+        path.write_text(json.dumps({"system_prompt": system_prompt}, ensure_ascii=False))
+    elif path.exists():
+        path.unlink()
+
+
 def save_model(model, processor, directory: Path) -> Path:
-    """`save_pretrained` model + processor into `directory` (created)."""
+    """`save_pretrained` model + processor into `directory` (created), with the system
+    prompt the processor carries (`save_chat_format`)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
+    save_chat_format(processor, directory, getattr(processor, "system_prompt", None))
     return directory
 
 
@@ -254,6 +271,9 @@ def load_model(directory: Path | str, runtime: Runtime | None = None,
         directory, dtype=dtype or rt.dtype, attn_implementation=rt.attn_implementation
     )
     processor = AutoProcessor.from_pretrained(directory)
+    chat_format = directory / CHAT_FORMAT_FILE
+    processor.system_prompt = json.loads(chat_format.read_text()).get("system_prompt") \
+        if chat_format.exists() else None
     model.to(rt.device).eval()
     return model, processor
 

@@ -9,16 +9,3 @@
 - `checkpoints`: sealed checkpoints, verified resume; `distributed`/`worker`: torchrun;
 - `dpo`: the DPO objective; `stages`: the align / sft / dpo stage functions.
 """
-
-import logging as _logging
-
-
-class _NoCpuAcceleratorNotice(_logging.Filter):
-    """DeepSpeed warns "Setting accelerator to CPU" whenever Accelerate imports it on a box
-    without a GPU; there the engine runs DDP over gloo and says so itself."""
-
-    def filter(self, record: _logging.LogRecord) -> bool:
-        return "Setting accelerator to CPU" not in record.getMessage()
-
-
-_logging.getLogger("DeepSpeed").addFilter(_NoCpuAcceleratorNotice())

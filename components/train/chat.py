@@ -172,8 +172,13 @@ class ChatFormat:
     template (see the module docstring for the probes, labels and budgets)."""
 
     def __init__(self, processor, system_prompt: str | None = None):
+        """`system_prompt`: the system turn of every sample; None = the one the model was
+        trained with (`processor.system_prompt`, set by `build.load_model` from the
+        model folder's `chat_format.json`), so evaluation and serving prompt like training."""
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        if system_prompt is None:
+            system_prompt = getattr(processor, "system_prompt", None)
         self.system_prompt = system_prompt or None
         self.template = getattr(processor, "chat_template", None) or \
             getattr(self.tokenizer, "chat_template", None)

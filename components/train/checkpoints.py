@@ -154,9 +154,10 @@ def mlflow_run_id(folder: Path) -> str | None:
     if not path.exists() or not any((p / SEAL).exists() for _, p in checkpoints(folder)):
         return None
     try:
-        return json.loads(path.read_text())["run_id"]
-    except (json.JSONDecodeError, KeyError):
+        run_id = json.loads(path.read_text())["run_id"]
+    except (json.JSONDecodeError, KeyError, TypeError):
         return None
+    return run_id if isinstance(run_id, str) else None
 
 
 class SealCheckpoint(TrainerCallback):

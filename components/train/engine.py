@@ -160,8 +160,11 @@ def deepspeed_config(stage_zero: int, plan: BatchPlan, precision: str,
     }
 
 
-def check_deepspeed_config(config: dict[str, Any], plan: BatchPlan, source: str) -> None:
-    """Refuse a DeepSpeed config whose batch values contradict the resolved plan."""
+def check_deepspeed_config(config: dict[str, Any], plan: BatchPlan, source: str,
+                           strategy: str | None = None, precision: str | None = None) -> None:
+    """Refuse a DeepSpeed config whose batch values contradict the resolved plan, whose ZeRO
+    stage is not `strategy` (`zero2` / `zero3`), or whose bf16/fp16 switches contradict
+    `precision`: the manifest must record what really ran."""
     expected = {
         "train_batch_size": plan.global_batch_size,
         "train_micro_batch_size_per_gpu": plan.per_device_batch_size,
@@ -169,7 +172,14 @@ def check_deepspeed_config(config: dict[str, Any], plan: BatchPlan, source: str)
     }
     for key, want in expected.items():
         have = config.get(key, "auto")
-        if have != "auto" and int(have) != want:
+        if have == "auto":
+            continue
+        try:
+            value = int(have)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: {key}={have!r} is not a number",
+                              f'set "{key}": "auto" (or {want}) in {source}') from None
+        if value != want:
             raise ConfigError(
                 f"{source}: {key}={have} does not fit world size {plan.world_size} "
                 f"(this launch resolves {key}={want}: per-device "
@@ -180,6 +190,17 @@ def check_deepspeed_config(config: dict[str, Any], plan: BatchPlan, source: str)
     stage = (config.get("zero_optimization") or {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise ConfigError(f"{source}: zero_optimization.stage={stage} is not 0-3")
+    if strategy and strategy.startswith("zero") and stage != int(strategy[-1]):
+        raise ConfigError(
+            f"{source}: zero_optimization.stage={stage} but train.strategy={strategy}",
+            f"make them agree (stage {strategy[-1]} in {source}, or train.strategy: "
+            f"zero{stage})")
+    for half in ("bf16", "fp16"):
+        enabled = (config.get(half) or {}).get("enabled", "auto")
+        if precision and enabled != "auto" and bool(enabled) != (precision == half):
+            raise ConfigError(
+                f"{source}: {half}.enabled={enabled} but train.precision resolves to "
+                f"{precision}", f'set "{half}": {{"enabled": "auto"}} in {source}')
 
 
 FSDP_WRAP = ["LlamaDecoderLayer", "SiglipEncoderLayer"]
@@ -517,6 +538,19 @@ def training_arguments(settings: Settings, stage: str, out_dir: Path, plan: Batc
     )
 
 
+def resolve_user_path(value: str) -> Path:
+    """A path from params.yaml: absolute, else relative to the working directory when it
+    exists there, else relative to params.yaml (DVC and Prefect workers may start
+    elsewhere)."""
+    from components.settings import default_params_path
+
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    beside = default_params_path().resolve().parent / path
+    return beside if beside.exists() else path
+
+
 def write_strategy_config(settings: Settings, stage: str, out_dir: Path, plan: BatchPlan,
                           precision: str, strategy: str) -> Path | None:
     """The DeepSpeed / FSDP config of this launch as JSON in the stage folder (or None for
@@ -525,14 +559,14 @@ def write_strategy_config(settings: Settings, stage: str, out_dir: Path, plan: B
     if strategy.startswith("zero"):
         user = settings.engine.deepspeed_config
         if user:
-            path = Path(user)
+            path = resolve_user_path(user)
             try:
                 config = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise ConfigError(f"train.deepspeed_config {path}: cannot read it ({exc})",
                                   "point train.deepspeed_config at a DeepSpeed JSON file") \
                     from None
-            check_deepspeed_config(config, plan, str(path))
+            check_deepspeed_config(config, plan, str(path), strategy, precision)
         else:
             config = deepspeed_config(int(strategy[-1]), plan, precision, t)
         target = out_dir / "deepspeed_config.json"

@@ -35,10 +35,12 @@ from components.errors import DataQualityError
 from components.evaltasks.prompts import LETTERS
 from components.model.build import (
     PROBE_SIZES,
+    ImageTokenMismatchError,
     build_tiny_model,
     check_image_token_agreement,
     load_model,
     load_pretrained_parts,
+    save_chat_format,
     save_model,
 )
 from components.model.freeze import set_trainable
@@ -124,12 +126,24 @@ def record_skips(ctx: StageContext, dataset: ShardDataset, what: str) -> dict[st
     return by_reason
 
 
-def _check_agreement(processor, model, dataset: ShardDataset) -> None:
+def _check_agreement(processor, model, dataset: ShardDataset,
+                     source: Path | None = None) -> None:
+    """`check_image_token_agreement` on the probe and data sizes; a mismatch names the
+    model folder `source` the pair was loaded from (and the stage that wrote it)."""
     sizes = sorted({(w, h) for h, w in dataset.image_sizes_seen})
     if len(sizes) > MAX_DATA_SIZES_CHECKED:
         step = len(sizes) / MAX_DATA_SIZES_CHECKED
         sizes = [sizes[int(i * step)] for i in range(MAX_DATA_SIZES_CHECKED)]
-    check_image_token_agreement(processor, model, [*PROBE_SIZES, *sizes])
+    try:
+        check_image_token_agreement(processor, model, [*PROBE_SIZES, *sizes])
+    except ImageTokenMismatchError as exc:
+        if source is None:
+            raise
+        raise ImageTokenMismatchError(
+            f"{source}: {exc.message}",
+            f"{exc.hint}, or re-run `amalia-vl stage {source.parent.name}` to save a "
+            "matching model folder",
+        ) from None
 
 
 def _window_means(losses: list[float]) -> tuple[float | None, float | None, int]:
@@ -171,6 +185,7 @@ def _save(ctx: StageContext, result: TrainResult, processor) -> None:
     trainer.save_model(str(target))
     if world().is_main:
         processor.save_pretrained(target)
+        save_chat_format(processor, target, ctx.settings.engine.system_prompt)
 
 
 def _finish(ctx: StageContext, result: TrainResult, counts_by_part: dict[str, int],
@@ -228,13 +243,15 @@ def _finish(ctx: StageContext, result: TrainResult, counts_by_part: dict[str, in
     )
 
 
-def _supervised(ctx: StageContext, model, processor, output: str) -> StageOutput:
-    """Train the stage's `trainable` parts of `model` on every sample of mix `output`."""
+def _supervised(ctx: StageContext, model, processor, output: str,
+                source: Path | None = None) -> StageOutput:
+    """Train the stage's `trainable` parts of `model` (loaded from `source`, if from a
+    folder) on every sample of mix `output`."""
     s = ctx.settings
     chat = ChatFormat(processor, system_prompt=s.engine.system_prompt)
     dataset = _dataset(ctx, output, processor, chat, preference=False)
     skipped = record_skips(ctx, dataset, output)
-    _check_agreement(processor, model, dataset)
+    _check_agreement(processor, model, dataset, source)
     counts = set_trainable(model, s.stage_train(ctx.name).trainable)
     result = train_stage(
         s, ctx.name, ctx.out_dir, model, dataset,
@@ -266,8 +283,9 @@ def run_align(ctx: StageContext) -> StageOutput:
 def run_sft(ctx: StageContext) -> StageOutput:
     """Stage 2: visual instruction tuning of `sft.trainable` on the sft mix."""
     log.info("sft: %s", detect_runtime().describe())
-    model, processor = load_model(ctx.stage_dir("align") / "model", dtype=torch.float32)
-    return _supervised(ctx, model, processor, "sft")
+    folder = ctx.stage_dir("align") / "model"
+    model, processor = load_model(folder, dtype=torch.float32)
+    return _supervised(ctx, model, processor, "sft", folder)
 
 
 def _preference_scores(model, dataset: ShardDataset, collate, batch_size: int,
@@ -290,13 +308,14 @@ def run_dpo(ctx: StageContext) -> StageOutput:
     s = ctx.settings
     t = s.dpo
     log.info("dpo: %s", detect_runtime().describe())
-    model, processor = load_model(ctx.stage_dir("sft") / "model", dtype=torch.float32)
+    folder = ctx.stage_dir("sft") / "model"
+    model, processor = load_model(folder, dtype=torch.float32)
     chat = ChatFormat(processor, system_prompt=s.engine.system_prompt)
     train_set = _dataset(ctx, "dpo", processor, chat, preference=True)
     eval_set = _dataset(ctx, "dpo_eval", processor, chat, preference=True)
     skipped = record_skips(ctx, train_set, "dpo")
     record_skips(ctx, eval_set, "dpo_eval")
-    _check_agreement(processor, model, train_set)
+    _check_agreement(processor, model, train_set, folder)
     collate = SampleCollator(processor.tokenizer.pad_token_id)
     counts = set_trainable(model, t.trainable)
     batch = t.per_device_batch_size or t.global_batch_size
