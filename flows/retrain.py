@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.context import get_run_context
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.context import get_run_context
 
 from components.manifest import new_run_dir
 from components.pipeline import run_tracked_stage, stages_from
@@ -44,7 +44,8 @@ def stage_task(
     # a retry after a worker fault resumes from the checkpoints the first try left
     first_try = getattr(getattr(get_run_context(), "task_run", None), "run_count", 1) <= 1
     manifest = run_tracked_stage(name, settings, Path(run_dir), parent_run_id, progress,
-                                 restart=restart and first_try, launch=Launch(**launch) if launch else None,
+                                 restart=restart and first_try,
+                                 launch=Launch(**launch) if launch else None,
                                  params_path=params_path)
     get_run_logger().info("stage %s done: counts=%s", name, manifest["counts"])
     return manifest
