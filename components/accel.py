@@ -102,3 +102,17 @@ def detect_runtime() -> Runtime:
         deepspeed_available=_importable("deepspeed"),
         num_threads=threads,
     )
+
+
+def inference_autocast(module: torch.nn.Module):
+    """Autocast for a forward pass outside the Trainer (probes, reference scoring): on CUDA
+    in bf16 (fp16 without bf16), where the fp32 master weights would otherwise run slow
+    fp32 matmuls and flash-attention 2 (half precision only) would refuse the inputs; a
+    no-op on CPU."""
+    import contextlib
+
+    param = next(module.parameters(), None)
+    if param is None or param.device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)

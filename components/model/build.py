@@ -45,7 +45,7 @@ from transformers import (
 )
 from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
 
-from components.accel import Runtime, detect_runtime
+from components.accel import Runtime, detect_runtime, inference_autocast
 from components.errors import AmaliaError, ConfigError, MissingInputError
 from components.model.tokenizer import CHAT_TEMPLATE, IMAGE, PAD, train_tokenizer
 from components.settings import Settings
@@ -324,7 +324,7 @@ def check_image_token_agreement(
     device = next(model.parameters()).device
     per_side = vc.image_size // vc.patch_size
     # one real forward through the vision tower: its patch count is what we assume below
-    with torch.no_grad():
+    with torch.no_grad(), inference_autocast(model):
         tile = torch.zeros(1, 3, vc.image_size, vc.image_size, device=device,
                            dtype=next(inner.vision_tower.parameters()).dtype)
         hidden = inner.vision_tower(tile, output_hidden_states=True).hidden_states

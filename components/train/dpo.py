@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.accel import inference_autocast
+
 IGNORE_INDEX = -100
 
 
@@ -102,9 +104,13 @@ def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor]
     return logps[:half], logps[half:]
 
 
-def make_reference(model: nn.Module) -> nn.Module:
-    """A frozen deep copy of `model`: eval mode, no parameter requires grad."""
+def make_reference(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
+    """A frozen deep copy of `model`: eval mode, no parameter requires grad, in `dtype`
+    when given (bf16 training keeps a bf16 reference: it is never updated, so half the
+    memory and the fast kernels cost nothing)."""
     ref = copy.deepcopy(model)
+    if dtype is not None:
+        ref.to(dtype)
     ref.eval()
     for p in ref.parameters():
         p.requires_grad_(False)
@@ -140,7 +146,7 @@ class DPOObjective:
             return ref[:, 0], ref[:, 1]
         if next(self.reference.parameters()).device != batch["input_ids"].device:
             self.reference.to(batch["input_ids"].device)
-        with torch.no_grad():
+        with torch.no_grad(), inference_autocast(self.reference):
             return pair_logps(self.reference, batch)
 
     def __call__(self, model, batch, num_items):
@@ -189,7 +195,8 @@ def precompute_reference(model: nn.Module, dataset, collate, batch_size: int) ->
             break
         samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
         batch = to_device(collate(samples), param.device)
-        chosen, rejected = pair_logps(model, batch)
+        with inference_autocast(model):
+            chosen, rejected = pair_logps(model, batch)
         if position >= len(starts):
             continue  # a filler forward: its scores belong to another rank
         table[batch["sample_index"].cpu(), 0] = chosen.double().cpu()

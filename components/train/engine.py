@@ -477,6 +477,14 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     return 6.0 * n_params + 12.0 * text.num_hidden_layers * text.hidden_size * seq_len
 
 
+def _mean_length(dataset, settings: Settings) -> int:
+    """Mean tokens per sample (the attention term of the FLOPs), else `max_length`."""
+    lengths = getattr(dataset, "lengths", None)
+    if lengths is not None and len(lengths):
+        return int(lengths.mean())
+    return settings.model.max_length
+
+
 def peak_flops(runtime: Runtime) -> float | None:
     if runtime.device != "cuda":
         return None
@@ -621,8 +629,8 @@ def train_stage(
     trainer = AmaliaTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         objective=objective, train_settings=t,
-        flops_per_token=flops_per_token(model, settings.model.max_length) if rt.device ==
-        "cuda" else None,
+        flops_per_token=flops_per_token(model, _mean_length(dataset, settings))
+        if rt.device == "cuda" else None,
         peak_flops=peak_flops(rt),
     )
     for noisy in (PrinterCallback, ProgressCallback):

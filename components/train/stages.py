@@ -52,7 +52,13 @@ from components.train.chat import CAPTION_PROMPT, MC_POST_PROMPT, Budget, ChatFo
 from components.train.dataset import SampleCollator, ShardDataset
 from components.train.distributed import world
 from components.train.dpo import DPOObjective, make_reference, precompute_reference
-from components.train.engine import LMObjective, TrainResult, mean_of, train_stage
+from components.train.engine import (
+    LMObjective,
+    TrainResult,
+    mean_of,
+    resolve_precision,
+    train_stage,
+)
 
 log = logging.getLogger(__name__)
 MAX_DATA_SIZES_CHECKED = 64
@@ -200,7 +206,8 @@ def _finish(ctx: StageContext, result: TrainResult, counts_by_part: dict[str, in
     if ws.is_main and not s.engine.keep_checkpoints:
         checkpoints.discard(out / "checkpoints")
     first, last, window = _window_means(result.loss_history)
-    runtime = detect_runtime().describe()
+    runtime = f"{detect_runtime().describe()}; trained in {result.precision} " \
+        f"({result.strategy})"
     metrics: dict[str, float] = {"seconds": round(result.seconds, 3),
                                  "samples_per_s": round(result.samples_per_s, 3)}
     if first is not None:
@@ -326,7 +333,9 @@ def run_dpo(ctx: StageContext) -> StageOutput:
                                  ref_logps=precompute_reference(model, train_set, collate,
                                                                 batch))
     else:
-        objective = DPOObjective(t.beta, t.rpo_alpha, reference=make_reference(model))
+        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+            resolve_precision(s.engine, detect_runtime()))
+        objective = DPOObjective(t.beta, t.rpo_alpha, reference=make_reference(model, half))
     before = {"margin": 0.0, "reward_accuracy": 0.0, "pairs": len(eval_set),
               "pref_accuracy": float((eval_reference[:, 0] > eval_reference[:, 1])
                                      .float().mean()) if len(eval_set) else 0.0}
