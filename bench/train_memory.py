@@ -289,7 +289,7 @@ class TreePoller:
     def _read(self, proc) -> dict[str, float] | None:
         try:
             info = proc.memory_full_info()
-        except (self.psutil.NoSuchProcess, self.psutil.AccessDenied, self.psutil.ZombieProcess):
+        except self.psutil.Error:
             return None
         return {"rss": info.rss / MB, "uss": info.uss / MB, "pss": getattr(info, "pss", 0) / MB}
 
@@ -299,7 +299,7 @@ class TreePoller:
             return
         try:
             kids = self.root.children(recursive=True)
-        except self.psutil.NoSuchProcess:
+        except self.psutil.Error:
             kids = []
         pss, rss = main["pss"], main["rss"]
         for key in main:
@@ -308,9 +308,15 @@ class TreePoller:
             mem = self._read(proc)
             if mem is None:
                 continue
-            entry = self.children.setdefault(proc.pid, {
-                "pid": proc.pid, "parent": proc.ppid(), "rss": 0.0, "uss": 0.0, "pss": 0.0,
-                "polls": 0, "name": _proc_name(proc), "timeline": []})
+            if proc.pid not in self.children:
+                try:
+                    parent = proc.ppid()
+                except self.psutil.Error:  # it left between the two reads
+                    continue
+                self.children[proc.pid] = {
+                    "pid": proc.pid, "parent": parent, "rss": 0.0, "uss": 0.0, "pss": 0.0,
+                    "polls": 0, "name": _proc_name(proc), "timeline": []}
+            entry = self.children[proc.pid]
             entry["polls"] += 1
             entry["timeline"].append((round(time.perf_counter() - self.t0, 1),
                                       round(mem["uss"], 1)))
@@ -351,10 +357,15 @@ def measure(run: Path, workers: int, max_steps: int, poll_s: float,
     load_before = os.getloadavg()[0]
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        poller = TreePoller(proc.pid)
-        while proc.poll() is None:
-            poller.poll()
-            time.sleep(poll_s)
+        try:
+            poller = TreePoller(proc.pid)
+            while proc.poll() is None:
+                poller.poll()
+                time.sleep(poll_s)
+        finally:
+            if proc.poll() is None:  # this process failed or was interrupted: stop ours
+                proc.kill()
+                proc.wait()
     wall = time.perf_counter() - t0
     if proc.returncode:
         tail = log_path.read_text()[-4000:]

@@ -28,22 +28,21 @@ def run_tracked_stage(
 ) -> dict[str, Any]:
     """Run one stage inside its MLflow run; returns the stage manifest.
 
-    A training stage with a distributed `launch` (`--nproc N`, multi-node) is started
-    through torchrun: each worker process comes back here as one rank, and rank 0 opens
-    the MLflow run. A training stage that resumes from its checkpoints continues the
-    MLflow run it started (the id is kept beside the checkpoints), not a new one.
+    A training stage with a distributed `launch` (`--nproc N`, multi-node), or with
+    DeepSpeed / FSDP on a GPU, is started through torchrun: each worker process comes
+    back here as one rank, and rank 0 opens the MLflow run. A training stage that resumes
+    from its checkpoints continues the MLflow run it started (the id is kept beside the
+    checkpoints), not a new one.
     """
     from components.tracking import stage_run
     from components.train import checkpoints
-    from components.train.distributed import TRAINING_STAGES, launch_stage, world
+    from components.train.distributed import TRAINING_STAGES, launch_stage, needs_torchrun
 
     run_dir = Path(run_dir)
-    if launch is not None and launch.distributed and world().world_size == 1:
-        if name not in TRAINING_STAGES:
-            return run_tracked_stage(name, settings, run_dir, parent_run_id, progress,
-                                     restart)
-        launch_stage(name, run_dir, launch, profile=settings.profile, params_path=params_path,
-                     parent_run_id=parent_run_id, restart=restart, progress=progress)
+    if needs_torchrun(name, launch, settings.engine.strategy):
+        launch_stage(name, run_dir, launch or Launch(), profile=settings.profile,
+                     params_path=params_path, parent_run_id=parent_run_id, restart=restart,
+                     progress=progress)
         return read_manifest(run_dir, name)
     ckpt_dir = run_dir / name / "checkpoints"
     resume_id = None

@@ -98,6 +98,19 @@ class Launch:
         return self.nproc * self.nnodes > 1
 
 
+def needs_torchrun(name: str, launch: Launch | None, strategy: str) -> bool:
+    """Whether training stage `name` must be started through torchrun from this process:
+    several processes, or DeepSpeed / FSDP on a GPU (they need a process group even on
+    one GPU). False inside a torchrun worker (it is already one rank)."""
+    import torch
+
+    if name not in TRAINING_STAGES or "RANK" in os.environ:
+        return False
+    if launch is not None and launch.distributed:
+        return True
+    return strategy != "ddp" and torch.cuda.is_available()
+
+
 def torchrun_command(launch: Launch, worker_args: list[str]) -> list[str]:
     """The `torchrun` command line (as `python -m torch.distributed.run`) for a worker."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={launch.nproc}"]
