@@ -1,7 +1,7 @@
 """Benchmark: peak memory of a training stage at 1x and 10x the data (streaming shards).
 
-    .venv/bin/python bench/train_memory.py                 # 1x and 10x, ~4-6 min on 2 cores
-    .venv/bin/python bench/train_memory.py --max-steps 0   # the full sft epoch (slower)
+    .venv/bin/python bench/train_memory.py                 # 1x and 10x: ~2-3 min on 2 cores
+    .venv/bin/python bench/train_memory.py --max-steps 0   # the full sft epoch: ~4 min quiet
 
 What it does:
 
