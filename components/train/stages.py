@@ -276,8 +276,11 @@ def _fp32(model):
 def run_align(ctx: StageContext) -> StageOutput:
     """Stage 1: build (or assemble) the model, save it untrained to `init/`, then train the
     connector only on the align captions."""
+    from transformers.utils import logging as hf_logging
+
     s = ctx.settings
     log.info("align: %s", detect_runtime().describe())
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar for init/
     if s.model.init == "build_tiny":
         model, processor = build_tiny_model(s, mix_texts(ctx.stage_dir("mix")))
     else:
