@@ -244,3 +244,28 @@ def test_tokenizer_corpus_is_training_texts_only(tmp_path):
     assert "Palavrasecretíssima?" not in texts  # eval text never reaches the vocabulary
     assert "Um círculo vermelho." in texts and QUESTION in texts  # training texts do
     assert any("Responde diretamente" in t for t in texts)  # the MC prompt training adds
+
+
+class _Checkpointing(TrainerCallback):
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.seen = getattr(model, "is_activation_checkpointing", False)
+
+
+def test_gradient_checkpointing_trains_and_matches_the_plain_run(tmp_path):
+    losses = {}
+    for flag in (False, True):
+        settings, run, model, processor, dataset = _sft_setup(tmp_path / str(flag))
+        settings = settings.model_copy(update={"train_": settings.engine.model_copy(
+            update={"gradient_checkpointing": flag})})
+        set_trainable(model, ["connector", "language_model"])
+        probe = _Checkpointing()
+        out = run / "sft"
+        out.mkdir()
+        result = train_stage(settings, "sft", out, model, dataset,
+                             SampleCollator(processor.tokenizer.pad_token_id), LMObjective(),
+                             config_digest="t", log_metrics=lambda m, s: None, progress=False,
+                             callbacks=[probe])
+        assert probe.seen is flag
+        losses[flag] = result.loss_history
+    # recomputing activations changes memory, not the maths
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
