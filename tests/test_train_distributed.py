@@ -180,3 +180,31 @@ def test_checkpoint_from_another_config_is_refused_and_kept(aligned):
     restarted = _sft(root, other, params, "other.db", "--restart")
     assert _manifest(other)["resumed_from_step"] is None
     assert "sft done" in restarted.stdout
+
+
+def test_retrain_flow_launches_training_stages_through_torchrun(tmp_path, prefect_server,
+                                                                 monkeypatch):
+    """`retrain --nproc 2`: the Prefect task starts the stage with torchrun (2 ranks), and
+    the stage run nests under the flow's MLflow parent run."""
+    import mlflow
+
+    from flows.retrain import retrain_flow
+
+    data, run = make_mix(tmp_path, n=8)
+    params = write_params(tmp_path / "params.yaml", overrides(
+        data, align={"epochs": 1, "global_batch_size": 4}))
+    uri = f"sqlite:///{tmp_path / 'flow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("AMALIA_PARAMS", str(params))
+    monkeypatch.chdir(tmp_path)
+    summary = retrain_flow(run_dir=str(run), params_path=str(params), start="align",
+                           stop="align", progress=False, nproc=2)
+    manifest = json.loads((run / "align" / "manifest.json").read_text())
+    engine = manifest["engine"]
+    assert engine["world_size"] == 2 and engine["per_device_batch_size"] == 2
+    assert summary["counts"]["align"]["steps"] == 2
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    stage_runs = client.search_runs(exps, filter_string="tags.`amalia.stage` = 'align'")
+    assert len(stage_runs) == 1
+    assert stage_runs[0].data.tags["mlflow.parentRunId"] == summary["mlflow_parent_run_id"]
