@@ -109,19 +109,29 @@ def _sft_setup(tmp_path, **train):
     return settings, run, model.float(), processor, dataset
 
 
-def test_bf16_autocast_keeps_fp32_master_weights_that_move_at_the_dpo_rate(tmp_path):
-    settings, run, model, processor, dataset = _sft_setup(tmp_path, learning_rate=5e-7)
+def _train_sft(tmp_path, engine: dict, make_callback, **train):
+    """Train the connector and LLM of a small model for one epoch of 8 samples (4 steps)
+    with `engine` settings changed; `make_callback(model)` watches the run."""
+    settings, run, model, processor, dataset = _sft_setup(tmp_path, **train)
     settings = settings.model_copy(update={"train_": settings.engine.model_copy(
-        update={"precision": "bf16"})})
+        update=engine)})
     set_trainable(model, ["connector", "language_model"])
-    weight = model.model.language_model.layers[0].mlp.down_proj.weight
-    snaps = _Snapshots(weight)
+    callback = make_callback(model)
     out = run / "sft"
     out.mkdir()
     result = train_stage(settings, "sft", out, model, dataset,
                          SampleCollator(processor.tokenizer.pad_token_id), LMObjective(),
                          config_digest="t", log_metrics=lambda m, s: None, progress=False,
-                         callbacks=[snaps])
+                         callbacks=[callback])
+    return model, callback, result
+
+
+def test_bf16_autocast_keeps_fp32_master_weights_that_move_at_the_dpo_rate(tmp_path):
+    model, snaps, result = _train_sft(
+        tmp_path, {"precision": "bf16"},
+        lambda m: _Snapshots(m.model.language_model.layers[0].mlp.down_proj.weight),
+        learning_rate=5e-7)
+    weight = snaps.param
     assert result.precision == "bf16"
     assert weight.dtype == torch.float32
     assert len(snaps.values) == result.steps + 1 == 5
@@ -254,17 +264,9 @@ class _Checkpointing(TrainerCallback):
 def test_gradient_checkpointing_trains_and_matches_the_plain_run(tmp_path):
     losses = {}
     for flag in (False, True):
-        settings, run, model, processor, dataset = _sft_setup(tmp_path / str(flag))
-        settings = settings.model_copy(update={"train_": settings.engine.model_copy(
-            update={"gradient_checkpointing": flag})})
-        set_trainable(model, ["connector", "language_model"])
-        probe = _Checkpointing()
-        out = run / "sft"
-        out.mkdir()
-        result = train_stage(settings, "sft", out, model, dataset,
-                             SampleCollator(processor.tokenizer.pad_token_id), LMObjective(),
-                             config_digest="t", log_metrics=lambda m, s: None, progress=False,
-                             callbacks=[probe])
+        _model, probe, result = _train_sft(tmp_path / str(flag),
+                                           {"gradient_checkpointing": flag},
+                                           lambda m: _Checkpointing())
         assert probe.seen is flag
         losses[flag] = result.loss_history
     # recomputing activations changes memory, not the maths
