@@ -136,7 +136,7 @@ def test_a_user_deepspeed_config_must_run_what_the_manifest_records(tmp_path):
 def _ds_settings(tmp_path: Path, user: Path | None):
     data = tmp_path / "data"
     data.mkdir(exist_ok=True)
-    train = {"deepspeed_config": str(user)} if user else {}
+    train = {"deepspeed_config": str(user), "strategy": "zero2"} if user else {}
     return load_settings("tiny", overrides=overrides(data, train=train,
                                                      sft={"global_batch_size": 8}))
 
@@ -151,6 +151,10 @@ def test_write_strategy_config_checks_the_users_file(tmp_path):
     line = _one_line(info.value)
     assert str(bad) in line and "train_batch_size" in line and '"auto"' in line
     assert not (out / "deepspeed_config.json").exists()
+    # on a CPU box zero2 falls back to ddp, but the file is still checked: it fails here,
+    # not on the cluster
+    with pytest.raises(ConfigError, match="train_batch_size=16 does not fit world size 2"):
+        write_strategy_config(_ds_settings(tmp_path, bad), "sft", out, _plan(), "bf16", "ddp")
 
     broken = tmp_path / "broken_ds.json"
     broken.write_text('{"train_batch_size": ')

@@ -559,24 +559,34 @@ def resolve_user_path(value: str) -> Path:
     return beside if beside.exists() else path
 
 
+def user_deepspeed_config(settings: Settings, plan: BatchPlan, precision: str
+                          ) -> tuple[Path, dict[str, Any]] | None:
+    """The user's `train.deepspeed_config`, read and checked against this launch (batch
+    sizes, `train.strategy`, precision), or None when there is none. Checked even where
+    DeepSpeed falls back to DDP (a CPU box), so a config that cannot fit the cluster's
+    world size fails on a laptop, before a GPU hour is spent."""
+    user = settings.engine.deepspeed_config
+    if not user or not settings.engine.strategy.startswith("zero"):
+        return None
+    path = resolve_user_path(user)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"train.deepspeed_config {path}: cannot read it ({exc})",
+                          "point train.deepspeed_config at a DeepSpeed JSON file") from None
+    check_deepspeed_config(config, plan, str(path), settings.engine.strategy, precision)
+    return path, config
+
+
 def write_strategy_config(settings: Settings, stage: str, out_dir: Path, plan: BatchPlan,
                           precision: str, strategy: str) -> Path | None:
     """The DeepSpeed / FSDP config of this launch as JSON in the stage folder (or None for
-    DDP): generated from params.yaml, or the user's `train.deepspeed_config`, checked."""
-    t = settings.stage_train(stage)
+    DDP, `strategy` being the one resolved): generated from params.yaml, or the user's
+    `train.deepspeed_config`, checked (`user_deepspeed_config`)."""
+    user = user_deepspeed_config(settings, plan, precision)
     if strategy.startswith("zero"):
-        user = settings.engine.deepspeed_config
-        if user:
-            path = resolve_user_path(user)
-            try:
-                config = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ConfigError(f"train.deepspeed_config {path}: cannot read it ({exc})",
-                                  "point train.deepspeed_config at a DeepSpeed JSON file") \
-                    from None
-            check_deepspeed_config(config, plan, str(path), strategy, precision)
-        else:
-            config = deepspeed_config(int(strategy[-1]), plan, precision, t)
+        config = user[1] if user else deepspeed_config(int(strategy[-1]), plan, precision,
+                                                        settings.stage_train(stage))
         target = out_dir / "deepspeed_config.json"
     elif strategy == "fsdp":
         config = fsdp_options(precision)
