@@ -422,3 +422,19 @@ def test_torchrun_command_for_several_nodes_needs_a_rendezvous():
                 "--rdzv-endpoint=node0:29400", "--node-rank=1"):
         assert arg in cmd, (arg, cmd)
     assert cmd[-2:] == ["-m", "components.train.worker"]
+
+
+def test_a_config_error_inside_torchrun_workers_is_one_line(aligned):
+    """Both ranks refuse a global batch of 3 over 2 processes: the user sees that reason
+    once, not torchrun's ChildFailedError report."""
+    root, run, params = aligned
+    bad = write_params(root / "odd.yaml", overrides(
+        Path(load_settings(params_path=params).data_dir),
+        align={"epochs": 1, "global_batch_size": 4}, sft={"global_batch_size": 3}))
+    proc = _cli(root, bad, "stage", "sft", "--run-dir", str(run), "--nproc", "2",
+                "--no-progress")
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert lines == [lines[-1]], proc.stderr
+    assert "sft.global_batch_size=3 does not split over 2 processes" in lines[-1]
+    assert "ChildFailedError" not in proc.stderr + proc.stdout

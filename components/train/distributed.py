@@ -129,6 +129,32 @@ def torchrun_command(launch: Launch, worker_args: list[str]) -> list[str]:
     return [*cmd, "-m", "components.train.worker", *worker_args]
 
 
+def forward_worker_stderr(stream, sink) -> None:
+    """Copy the launch's stderr to `sink` line by line, as it comes, less torchrun's own
+    bookkeeping: its agent's log lines and, after a failure, its `ChildFailedError` report
+    (the last thing it prints). The workers' own logs and tracebacks pass unchanged; the
+    failure itself is summed up in one line by `launch_stage`."""
+    pending: str | None = None
+    for line in stream:
+        if pending is not None:
+            if "<frozen runpy>" in line:  # torchrun's own traceback: its report follows
+                pending = None
+                break
+            sink.write(pending)
+            pending = None
+        if line.startswith("Traceback (most recent call last):"):
+            pending = line
+            continue
+        if line[:1] in ("W", "E", "I") and "torch/distributed/elastic/" in line:
+            continue
+        sink.write(line)
+        sink.flush()
+    if pending is not None:
+        sink.write(pending)
+    for _ in stream:  # drain the report
+        pass
+
+
 def launch_stage(name: str, run_dir: Path, launch: Launch, *, profile: str | None,
                  params_path: str | None, parent_run_id: str | None, restart: bool,
                  progress: bool) -> None:
@@ -158,7 +184,10 @@ def launch_stage(name: str, run_dir: Path, launch: Launch, *, profile: str | Non
     env = {**os.environ, "AMALIA_ERROR_DIR": str(errors), "OMP_NUM_THREADS":
            os.environ.get("OMP_NUM_THREADS", str(max(1, available_cores() // launch.nproc)))}
     try:
-        proc = subprocess.run(torchrun_command(launch, args), env=env, check=False)
+        proc = subprocess.Popen(torchrun_command(launch, args), env=env,
+                                stderr=subprocess.PIPE, text=True, errors="replace")
+        forward_worker_stderr(proc.stderr, sys.stderr)
+        proc.wait()
         if proc.returncode != 0:
             messages = sorted(errors.glob("rank-*.txt"))
             if messages:

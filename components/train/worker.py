@@ -41,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     from components.train.distributed import init_process_group, world
 
     ws = world()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # N ranks x weight-loading bars; rank 0 has its own
     if not ws.is_main:
         logging.getLogger().setLevel(logging.ERROR)
-        from transformers.utils import logging as hf_logging
-
         hf_logging.set_verbosity_error()
     try:
         init_process_group()
@@ -62,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
             run_stage(args.stage, settings, args.run_dir, progress=False, restart=args.restart)
     except AmaliaError as exc:
         folder = os.environ.get("AMALIA_ERROR_DIR")
-        if folder:
+        if folder:  # our launcher prints it, once for all ranks
             Path(folder, f"rank-{ws.rank}.txt").write_text(str(exc))
-        print(f"error: {exc}", file=sys.stderr)
+        else:  # started by torchrun directly (a PyTorchJob): say it here
+            print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 
