@@ -23,16 +23,7 @@ import torch
 
 from components.accel import configure_threads
 from components.train.chat import ChatFormat, collate_tokenized, pixel_inputs
-from components.train.data import load_image
-
-
-def _to_device(batch: dict[str, torch.Tensor], device, dtype) -> dict[str, torch.Tensor]:
-    """Tensors onto `device`; floating ones (pixels) also cast to the model's `dtype`."""
-    out = {}
-    for k, v in batch.items():
-        v = v.to(device)
-        out[k] = v.to(dtype) if v.is_floating_point() else v
-    return out
+from components.train.data import load_image, to_device
 
 
 @torch.no_grad()
@@ -75,7 +66,7 @@ def generate_answers(
             batch = collate_tokenized(prompts, pixels, tokenizer.pad_token_id,
                                       padding_side="left")
             batch.pop("labels")
-            batch = _to_device(batch, first.device, first.dtype)
+            batch = to_device(batch, first.device, first.dtype)
             stop = {"stop_strings": list(stop_strings), "tokenizer": tokenizer} \
                 if stop_strings else {}
             out = model.generate(

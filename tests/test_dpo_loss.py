@@ -10,13 +10,13 @@ from torch import nn
 
 from components.train.data import IGNORE_INDEX
 from components.train.dpo import (
-    DPOLoss,
+    DPOObjective,
     answer_lengths,
     chosen_nll,
     dpo_loss,
     make_reference,
     pair_logps,
-    preference_margin,
+    preference_scores,
     sequence_logps,
 )
 
@@ -98,6 +98,26 @@ def _pref_batch():
     return {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": labels}
 
 
+def _margin(policy, ref, batch) -> dict[str, float]:
+    """`preference_scores` on the (chosen, rejected) log-prob tables of `batch`."""
+    with torch.no_grad():
+        tables = [torch.stack(pair_logps(m, batch), dim=1) for m in (policy, ref)]
+    return preference_scores(*tables, beta=0.1)
+
+
+def test_objective_share_of_the_global_batch_sums_to_the_mean_loss():
+    torch.manual_seed(3)
+    policy = _TinyLM()
+    objective = DPOObjective(beta=0.1, nll_weight=0.5, reference=make_reference(policy))
+    batch = _pref_batch()
+    with torch.no_grad():
+        mean, stats = objective.mean_loss(policy, batch)
+        # the batch is 1 of 4 equal micro-batches of a global batch of 8 pairs
+        share, _ = objective(policy, batch, torch.tensor(8))
+    assert objective.count(batch) == 2 and float(stats["_n"]) == 2
+    assert float(share) == pytest.approx(float(mean) * 2 / 8, rel=1e-6)
+
+
 def test_reference_is_a_frozen_copy_and_margin_rises_under_training():
     torch.manual_seed(1)
     policy = _TinyLM()
@@ -106,10 +126,14 @@ def test_reference_is_a_frozen_copy_and_margin_rises_under_training():
     assert all(p.requires_grad for p in policy.parameters())
     batch = _pref_batch()
     ref_before = pair_logps(ref, batch)
-    before = preference_margin(policy, ref, [batch], beta=0.1)
+    before = _margin(policy, ref, batch)
     assert before["margin"] == pytest.approx(0.0, abs=1e-6)
     assert before["pairs"] == 2
-    loss_fn = DPOLoss(ref, beta=0.1)
+    objective = DPOObjective(beta=0.1, reference=ref)
+
+    def loss_fn(model, batch):
+        return objective.mean_loss(model, batch)[0]
+
     opt = torch.optim.SGD(policy.parameters(), lr=1.0)
     first = float(loss_fn(policy, batch).detach())
     assert first == pytest.approx(math.log(2), abs=1e-5)
@@ -117,7 +141,7 @@ def test_reference_is_a_frozen_copy_and_margin_rises_under_training():
         opt.zero_grad()
         loss_fn(policy, batch).backward()
         opt.step()
-    after = preference_margin(policy, ref, [batch], beta=0.1)
+    after = _margin(policy, ref, batch)
     assert after["margin"] > 0.05
     assert after["reward_accuracy"] == 1.0 and after["pref_accuracy"] == 1.0
     assert float(loss_fn(policy, batch).detach()) < first
@@ -131,8 +155,9 @@ def test_nll_term_adds_the_chosen_answers_per_token_nll():
     ref = make_reference(policy)
     batch = _pref_batch()
     with torch.no_grad():
-        pure = float(DPOLoss(ref, beta=0.1)(policy, batch))
-        mixed = float(DPOLoss(ref, beta=0.1, nll_weight=0.5)(policy, batch))
+        pure = float(DPOObjective(0.1, reference=ref).mean_loss(policy, batch)[0])
+        mixed = float(DPOObjective(0.1, nll_weight=0.5, reference=ref)
+                      .mean_loss(policy, batch)[0])
         logits = policy(batch["input_ids"]).logits
     # reference: chosen rows are the first half; per-token NLL over their scored tokens
     chosen = _reference_sequence_logps(logits[:2], batch["labels"][:2])

@@ -96,10 +96,6 @@ def set_trainable(model: nn.Module, parts: Iterable[str]) -> dict[str, int]:
     return count_by_part(model)
 
 
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def parameter_groups(model: nn.Module, parts: Iterable[str], learning_rate: float,
                      multipliers: dict[str, float], weight_decay: float = 0.0) -> list[dict]:
     """AdamW parameter groups: one per (trainable part, decayed or not), each with its

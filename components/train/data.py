@@ -11,11 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 from components.errors import AmaliaError
 
 IGNORE_INDEX = -100
+# batch keys the collators add beside the model's inputs (never passed to forward)
+META_KEYS = ("real_images", "sample_index", "ref_chosen_logps", "ref_rejected_logps")
 CAPTION_PROMPT = "Descreve a imagem."
 # Larger photos are shrunk on load (aspect kept): the tiles are far smaller anyway, and a
 # 50-megapixel upload should not cost seconds of resizing or gigabytes of memory.
@@ -55,3 +58,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)
     return image.convert("RGB")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without `META_KEYS`: what the model's forward takes."""
+    return {k: v for k, v in batch.items() if k not in META_KEYS}
+
+
+def to_device(batch: dict[str, torch.Tensor], device, dtype=None) -> dict[str, torch.Tensor]:
+    """Tensors of `batch` on `device`; floating ones (pixels) also in `dtype` when given
+    (the model's, for inference in bf16)."""
+    out = {}
+    for k, v in batch.items():
+        v = v.to(device)
+        out[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
+    return out

@@ -59,7 +59,6 @@ class Sample:
     tokens: Tokenized
     rejected: Tokenized | None
     pixel_values: list[torch.Tensor]  # one (tiles, 3, side, side) per image, in order
-    image_sizes: list[tuple[int, int]]  # (height, width) per image, as tiled
     real_images: int  # images of the record (a text-only sample's dummy is not one)
 
 
@@ -199,7 +198,7 @@ class ShardDataset(Dataset):
                       for src, size in zip(sources, tokens.image_sizes, strict=True)]
         pixels, _ = pixel_inputs(self.processor, images, tokens.image_sizes)
         real = 0 if tokens.dummy_image else len(images)
-        return Sample(i, tokens, rejected, pixels, list(tokens.image_sizes), real)
+        return Sample(i, tokens, rejected, pixels, real)
 
 
 @lru_cache(maxsize=2)

@@ -34,24 +34,13 @@ or, with `dpo.precompute_ref_log_probs`, scored once before training
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from components.accel import inference_autocast
-
-IGNORE_INDEX = -100
-
-
-def to_device(batch: dict[str, torch.Tensor], device, dtype=None) -> dict[str, torch.Tensor]:
-    """Tensors of `batch` on `device` (floating ones in `dtype` when given)."""
-    out = {}
-    for k, v in batch.items():
-        v = v.to(device)
-        out[k] = v.to(dtype) if dtype is not None and v.is_floating_point() else v
-    return out
+from components.train.data import IGNORE_INDEX, model_inputs, to_device
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -91,13 +80,10 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     return -F.logsigmoid(margins).mean(), margins
 
 
-META_KEYS = ("labels", "real_images", "sample_index", "ref_chosen_logps", "ref_rejected_logps")
-
-
 def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) answer log-probs of a 2B-row preference batch."""
-    inputs = {k: v for k, v in batch.items() if k not in META_KEYS}
+    inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
     logits = model(**inputs).logits
     logps = sequence_logps(logits, batch["labels"])
     half = logps.shape[0] // 2
@@ -149,26 +135,32 @@ class DPOObjective:
         with torch.no_grad(), inference_autocast(self.reference):
             return pair_logps(self.reference, batch)
 
-    def __call__(self, model, batch, num_items):
+    def mean_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(mean over the micro-batch's pairs of sigmoid DPO + `nll_weight` x the chosen
+        answer's per-token NLL, statistics as sums over its pairs)."""
         ref_c, ref_r = self.reference_logps(batch)
         pol_c, pol_r = pair_logps(model, batch)
-        chosen_reward = self.beta * (pol_c - ref_c)
-        rejected_reward = self.beta * (pol_r - ref_r)
-        margins = chosen_reward - rejected_reward
-        per_pair = -F.logsigmoid(margins)
+        loss, margins = dpo_loss(pol_c, pol_r, ref_c, ref_r, self.beta)
         if self.nll_weight:
-            lengths = answer_lengths(batch["labels"])[: pol_c.shape[0]].clamp(min=1)
-            per_pair = per_pair + self.nll_weight * (-pol_c / lengths)
+            lengths = answer_lengths(batch["labels"])[: pol_c.shape[0]]
+            loss = loss + self.nll_weight * chosen_nll(pol_c, lengths)
         stats = {
             "_n": torch.tensor(float(pol_c.shape[0])),
-            "rewards/chosen": chosen_reward.detach().sum(),
-            "rewards/rejected": rejected_reward.detach().sum(),
+            "rewards/chosen": (self.beta * (pol_c - ref_c)).detach().sum(),
+            "rewards/rejected": (self.beta * (pol_r - ref_r)).detach().sum(),
             "rewards/margins": margins.detach().sum(),
             "rewards/accuracies": (margins.detach() > 0).float().sum(),
             "logps/chosen": pol_c.detach().sum(),
             "logps/rejected": pol_r.detach().sum(),
         }
-        return per_pair.sum() / num_items, stats
+        return loss, stats
+
+    def __call__(self, model, batch, num_items):
+        """The micro-batch's share of the global-batch loss: its pairs' summed loss over
+        `num_items`, the pairs of the whole global batch."""
+        loss, stats = self.mean_loss(model, batch)
+        return loss * self.count(batch) / num_items, stats
 
 
 @torch.no_grad()
@@ -210,56 +202,21 @@ def precompute_reference(model: nn.Module, dataset, collate, batch_size: int) ->
     return table.float()
 
 
-class DPOLoss:
-    """`loss_fn(model, batch)` for `train_loop`: sigmoid DPO against `reference`, plus
-    `nll_weight` times the chosen answers' NLL (0 = pure DPO)."""
-
-    def __init__(self, reference: nn.Module, beta: float, nll_weight: float = 0.0):
-        self.reference = reference
-        self.beta = beta
-        self.nll_weight = nll_weight
-
-    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            ref_c, ref_r = pair_logps(self.reference, batch)
-        pol_c, pol_r = pair_logps(model, batch)
-        loss, _ = dpo_loss(pol_c, pol_r, ref_c, ref_r, self.beta)
-        if self.nll_weight:
-            lengths = answer_lengths(batch["labels"])[: pol_c.shape[0]]
-            loss = loss + self.nll_weight * chosen_nll(pol_c, lengths)
-        return loss
-
-
-@torch.no_grad()
-def preference_margin(model: nn.Module, reference: nn.Module,
-                      batches: Iterable[dict[str, torch.Tensor]], beta: float
+def preference_scores(policy: torch.Tensor, reference: torch.Tensor, beta: float
                       ) -> dict[str, float]:
-    """Over all pairs of `batches`:
+    """Over the pairs of (N, 2) log-prob tables (chosen, rejected), as `precompute_reference`
+    scores them:
 
     - `margin`: mean beta*((logp_c - ref_c) - (logp_r - ref_r)) (0 when model == reference);
     - `reward_accuracy`: share of pairs with a positive margin (DPO's implicit reward);
-    - `pref_accuracy`: share of pairs where the model itself gives the chosen answer a
+    - `pref_accuracy`: share of pairs where the policy itself gives the chosen answer a
       higher log-probability than the rejected one (meaningful before training too);
     - `pairs`: how many pairs were scored.
     """
-    was_training = model.training
-    model.eval()
-    param = next(model.parameters())
-    margins, prefers = [], []
-    for batch in batches:
-        batch = to_device(batch, param.device)
-        pol_c, pol_r = pair_logps(model, batch)
-        ref_c, ref_r = pair_logps(reference, batch)
-        _, m = dpo_loss(pol_c, pol_r, ref_c, ref_r, beta)
-        margins.append(m.float().cpu())
-        prefers.append((pol_c > pol_r).float().cpu())
-    model.train(was_training)
-    if not margins:
+    if not len(policy):
         return {"margin": 0.0, "reward_accuracy": 0.0, "pref_accuracy": 0.0, "pairs": 0}
-    m = torch.cat(margins)
-    return {
-        "margin": float(m.mean()),
-        "reward_accuracy": float((m > 0).float().mean()),
-        "pref_accuracy": float(torch.cat(prefers).mean()),
-        "pairs": int(m.numel()),
-    }
+    _, margins = dpo_loss(policy[:, 0], policy[:, 1], reference[:, 0], reference[:, 1], beta)
+    return {"margin": float(margins.mean()),
+            "reward_accuracy": float((margins > 0).float().mean()),
+            "pref_accuracy": float((policy[:, 0] > policy[:, 1]).float().mean()),
+            "pairs": int(len(policy))}

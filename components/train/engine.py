@@ -52,6 +52,7 @@ from components.model.freeze import parameter_groups
 from components.settings import EngineSettings, Settings, TrainSettings
 from components.stages import MetricLogger
 from components.train import checkpoints
+from components.train.data import IGNORE_INDEX, model_inputs
 from components.train.distributed import world
 
 log = logging.getLogger(__name__)
@@ -219,15 +220,6 @@ def fsdp_options(precision: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- objectives
 
 
-# batch keys the collators add beside the model's inputs (never passed to forward)
-META_KEYS = ("real_images", "sample_index", "ref_chosen_logps", "ref_rejected_logps")
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch without `META_KEYS`."""
-    return {k: v for k, v in batch.items() if k not in META_KEYS}
-
-
 class Objective(Protocol):
     """What a stage optimises. `count(batch)`: the items of a micro-batch the loss averages
     over (tokens, pairs); `__call__`: the micro-batch's share of the global-batch loss,
@@ -246,7 +238,7 @@ class LMObjective:
     label tokens of the global batch: the model's own loss with `num_items_in_batch`."""
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
-        return int((batch["labels"][:, 1:] != -100).sum())
+        return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def __call__(self, model, batch, num_items):
         out = model(**model_inputs(batch), num_items_in_batch=num_items)

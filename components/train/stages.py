@@ -51,7 +51,12 @@ from components.train import checkpoints
 from components.train.chat import CAPTION_PROMPT, MC_POST_PROMPT, Budget, ChatFormat
 from components.train.dataset import SampleCollator, ShardDataset
 from components.train.distributed import world
-from components.train.dpo import DPOObjective, make_reference, precompute_reference
+from components.train.dpo import (
+    DPOObjective,
+    make_reference,
+    precompute_reference,
+    preference_scores,
+)
 from components.train.engine import (
     LMObjective,
     TrainResult,
@@ -298,20 +303,6 @@ def run_sft(ctx: StageContext) -> StageOutput:
     return _supervised(ctx, model, processor, "sft", folder)
 
 
-def _preference_scores(model, dataset: ShardDataset, collate, batch_size: int,
-                       reference: torch.Tensor, beta: float) -> dict[str, float]:
-    """Mean margin, reward accuracy and preference accuracy of `model` on `dataset`
-    against reference log-probs scored before training."""
-    if not len(dataset):
-        return {"margin": 0.0, "reward_accuracy": 0.0, "pref_accuracy": 0.0, "pairs": 0}
-    policy = precompute_reference(model, dataset, collate, batch_size)
-    margins = beta * ((policy[:, 0] - reference[:, 0]) - (policy[:, 1] - reference[:, 1]))
-    return {"margin": float(margins.mean()),
-            "reward_accuracy": float((margins > 0).float().mean()),
-            "pref_accuracy": float((policy[:, 0] > policy[:, 1]).float().mean()),
-            "pairs": len(dataset)}
-
-
 def run_dpo(ctx: StageContext) -> StageOutput:
     """Stage 3: DPO of `dpo.trainable` on the dpo mix against the sft model; reports the
     preference margin and accuracy on the `dpo_eval` pairs before and after."""
@@ -339,13 +330,12 @@ def run_dpo(ctx: StageContext) -> StageOutput:
         half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
             resolve_precision(s.engine, detect_runtime()))
         objective = DPOObjective(t.beta, t.rpo_alpha, reference=make_reference(model, half))
-    before = {"margin": 0.0, "reward_accuracy": 0.0, "pairs": len(eval_set),
-              "pref_accuracy": float((eval_reference[:, 0] > eval_reference[:, 1])
-                                     .float().mean()) if len(eval_set) else 0.0}
+    before = preference_scores(eval_reference, eval_reference, t.beta)
     result = train_stage(s, "dpo", ctx.out_dir, model, train_set, collate, objective,
                          config_digest=stage_digest(ctx), log_metrics=ctx.log_metrics,
                          progress=ctx.progress)
-    after = _preference_scores(model, eval_set, collate, batch, eval_reference, t.beta)
+    after = preference_scores(precompute_reference(model, eval_set, collate, batch),
+                              eval_reference, t.beta)
     _save(ctx, result, processor)
     extra = {
         "margin_before": before["margin"], "margin_after": after["margin"],
