@@ -271,3 +271,22 @@ def test_gradient_checkpointing_trains_and_matches_the_plain_run(tmp_path):
         losses[flag] = result.loss_history
     # recomputing activations changes memory, not the maths
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+def test_an_image_that_fails_to_decode_names_its_record(tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from components.errors import AmaliaError
+    from components.train.dataset import image_size, read_image
+
+    buf = io.BytesIO()
+    noise = (np.random.default_rng(0).random((48, 64, 3)) * 255).astype("uint8")
+    Image.fromarray(noise).save(buf, format="JPEG")
+    truncated = buf.getvalue()[: len(buf.getvalue()) // 2]  # header intact, pixels cut
+    assert image_size(truncated) == (48, 64)  # the planning pass cannot see it
+    with pytest.raises(AmaliaError, match=r"record rec-7: cannot decode its embedded image "
+                                          r"bytes: .*\(re-run validate"):
+        read_image(truncated, (48, 64), "rec-7")

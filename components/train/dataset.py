@@ -88,8 +88,16 @@ def image_size(source: bytes | Path) -> tuple[int, int]:
 
 
 def read_image(source: bytes | Path, size: tuple[int, int], name: str) -> Image.Image:
-    """The decoded RGB image, resized to `size` (height, width) when the budget says so."""
-    image = load_image(io.BytesIO(source) if isinstance(source, bytes) else source)
+    """The decoded RGB image, resized to `size` (height, width) when the budget says so.
+    An image whose header read but whose pixels do not (a truncated file) raises an
+    `AmaliaError` naming the record `name` and where its image came from."""
+    where = "its embedded image bytes" if isinstance(source, bytes) else str(source)
+    try:
+        image = load_image(io.BytesIO(source) if isinstance(source, bytes) else source)
+    except AmaliaError as exc:
+        reason = exc.message.split(": ", 1)[-1]
+        raise AmaliaError(f"record {name}: cannot decode {where}: {reason}",
+                          "re-run validate (it quarantines unreadable images) and mix") from None
     if (image.height, image.width) != tuple(size):
         image = image.resize((size[1], size[0]), Image.Resampling.BICUBIC)
     return image
