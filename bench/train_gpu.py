@@ -223,6 +223,10 @@ def settings_overrides(data: Path, size: str, args, strategy: str) -> dict[str, 
     model["image_grid_pinpoints"] = [[tile, tile], [tile, 2 * tile], [2 * tile, tile],
                                      [2 * tile, 2 * tile]]
     model["vision_feature_layer"] = -1
+    if args.max_length:
+        model["max_length"] = args.max_length
+        model["text"]["max_position_embeddings"] = max(args.max_length,
+                                                       model["text"]["max_position_embeddings"])
     batch = {"sft": args.batch, "dpo": args.dpo_batch, "align": args.batch}
     stage = {name: {"epochs": 1, "global_batch_size": b, "per_device_batch_size": b}
              for name, b in batch.items()}
@@ -234,7 +238,8 @@ def settings_overrides(data: Path, size: str, args, strategy: str) -> dict[str, 
         "train": {"precision": args.precision, "strategy": strategy,
                   "gradient_checkpointing": args.gradient_checkpointing,
                   "save_steps": 1_000_000, "keep_checkpoints": False, "logging_steps": 1,
-                  "dataloader_workers": args.workers, "max_skip_ratio": 0.05},
+                  "dataloader_workers": args.workers, "max_skip_ratio": 0.05,
+                  "packing": args.packing},
         **stage,
     }
 
@@ -606,6 +611,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--attn", choices=["auto", "sdpa"], default="auto",
                     help="auto: flash_attention_2 when flash_attn imports (retries a stage "
                     "once with sdpa if it fails on flash-attn); sdpa: never flash-attn")
+    ap.add_argument("--packing", action="store_true",
+                    help="train.packing: true (rows of model.max_length tokens, flash-attn "
+                    "varlen; global batches count rows)")
+    ap.add_argument("--max-length", type=int, default=None,
+                    help="model.max_length (default 2048; packing is measured at 4k-16k)")
     ap.add_argument("--warmup-steps", type=int, default=3,
                     help="steps left out of the steady-state means")
     ap.add_argument("--budget-s", type=float, default=None,
@@ -708,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
                   "strategy_requested": args.strategy,
                   "gradient_checkpointing": args.gradient_checkpointing,
                   "attn": args.attn, "warmup_steps": args.warmup_steps,
+                  "packing": args.packing, "max_length": args.max_length,
                   "budget_s": args.budget_s, "launcher": "torch.distributed.run "
                   "--standalone --nproc-per-node 1 (world size 1)"},
         "environment": {}, "sizes": {}, "problems": [],

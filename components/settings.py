@@ -173,6 +173,10 @@ class ModelSettings(_Section):
     max_length: int = Field(256, ge=16, description="max tokens per sample, image tokens included")
     vision_feature_layer: int = Field(-1, description="vision tower layer fed to the "
                                       "connector (LLaVA-NeXT: -2, the penultimate)")
+    attn_implementation: str = Field(
+        "auto", description="language-model attention for training: auto (flash_attention_2 "
+        "on a bf16 GPU with flash-attn, else sdpa), sdpa, eager, flash_attention_2, "
+        "flash_attention_3, or any name transformers' AttentionInterface knows")
 
     @field_validator("image_grid_pinpoints")
     @classmethod
@@ -239,6 +243,10 @@ class EngineSettings(_Section):
     - `max_tiles` / `model.max_length`: per-sample budgets; images are scaled down to fit,
       and a sample that still cannot fit is skipped (`skipped.jsonl`), never a crash;
       more than `max_skip_ratio` skipped fails the stage.
+    - `packing`: rows of several whole samples (first-fit decreasing over the length
+      index), isolated by a block-diagonal mask (sdpa / eager) or flash-attn varlen
+      (`cu_seqlens`); batch sizes then count packed rows. Refused for an attention
+      implementation that cannot isolate samples (`model.attn_implementation`).
     """
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -259,6 +267,9 @@ class EngineSettings(_Section):
     system_prompt: str | None = Field(None, description="system turn added to every sample "
                                       "(and to generation prompts)")
     ddp_timeout_s: int = Field(1800, ge=60)
+    packing: bool = Field(False, description="several samples per row up to model.max_length, "
+                          "each attending only to itself (components/train/packing.py); "
+                          "global_batch_size then counts rows")
 
 
 class EvaluateSettings(_Section):

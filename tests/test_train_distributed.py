@@ -106,6 +106,25 @@ def test_two_processes_take_the_same_steps_as_one(aligned, reference):
     assert "sft done" in proc.stdout
 
 
+def test_packed_rows_split_over_two_processes_take_the_same_steps_as_one(aligned):
+    """Packing under torchrun: the ranks share the packed rows of each global batch and
+    take the same steps as one process (rows counted as the global batch)."""
+    root, run, _ = aligned
+    over = overrides(root / "data", align={"epochs": 1, "global_batch_size": 4},
+                     sft={**SFT, "epochs": 2},
+                     train={"save_steps": 1000, "logging_steps": 1, "packing": True})
+    params = write_params(root / "packed.yaml", over)
+    one, two = _copy(run, root / "packed-one"), _copy(run, root / "packed-two")
+    _sft(root, one, params, "p1.db")
+    _sft(root, two, params, "p2.db", "--nproc", "2")
+    a, b = _manifest(one), _manifest(two)
+    assert b["engine"]["world_size"] == 2 and b["engine"]["per_device_batch_size"] == 2
+    rows = json.loads((one / "sft" / "metrics.json").read_text())["packing"]["packed_rows"]
+    assert rows < 32 and len(a["loss_history"]) == 2 * rows // 4 == len(b["loss_history"])
+    for step, (x, y) in enumerate(zip(a["loss_history"], b["loss_history"], strict=True), 1):
+        assert abs(x - y) < 1e-4, f"step {step}: 1 process {x}, 2 processes {y}"
+
+
 def _wait_for_seal(folder: Path, proc: subprocess.Popen, timeout: float = 300) -> Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

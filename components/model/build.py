@@ -278,6 +278,23 @@ def load_model(directory: Path | str, runtime: Runtime | None = None,
     return model, processor
 
 
+def set_text_attention(model, implementation: str) -> str:
+    """Switch the language model's attention to `implementation` (`model.attn_implementation`;
+    "auto" keeps what the runtime chose: flash_attention_2 on a bf16 GPU with flash-attn,
+    else sdpa) and return the one it runs. One transformers cannot run here (flash-attn
+    not installed, an unknown name) is a `ConfigError` naming the setting."""
+    if implementation != "auto":
+        try:
+            model.set_attn_implementation({"text_config": implementation})
+        except (ImportError, ValueError, KeyError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"model.attn_implementation={implementation!r} cannot run "
+                              f"here: {first}", "use auto, sdpa or eager on this machine "
+                              "(flash_attention_2 needs a CUDA GPU with flash-attn)") from None
+    text = getattr(model.config, "text_config", model.config)
+    return str(text._attn_implementation)
+
+
 def _processor_tokens(processor, width: int, height: int) -> tuple[int, int]:
     """(`<image>` tokens, tiles) the processor emits for one blank `width`x`height` image."""
     image = Image.new("RGB", (width, height), (127, 127, 127))

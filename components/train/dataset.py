@@ -11,7 +11,11 @@ header of every image (no pixel decoding) and encodes the sample's tokens
 (`ChatFormat`): a sample that cannot fit `model.max_length` / `train.max_tiles` even with
 its images scaled down is skipped, with its reason, into `skipped` (the stage writes
 `skipped.jsonl` and fails past `train.max_skip_ratio`). Every remaining sample is known
-to fit before a GPU second is spent.
+to fit before a GPU second is spent. The pass leaves the length index packing needs
+(`components.train.packing`), from the processor's image-token arithmetic, without
+decoding a pixel: `lengths` (tokens per sample as padded batches hold it; chosen +
+rejected for a preference pair) and `packed_lengths` (the same without a text-only
+sample's dummy image, which a packed row does not carry).
 
 `sampler(seed)` is a seeded block shuffle: the row groups in a random order, each
 group's rows shuffled, re-drawn per epoch (`set_epoch`). Consecutive samples come from the
@@ -60,6 +64,18 @@ class Sample:
     rejected: Tokenized | None
     pixel_values: list[torch.Tensor]  # one (tiles, 3, side, side) per image, in order
     real_images: int  # images of the record (a text-only sample's dummy is not one)
+
+
+def packed_length(tokens: Tokenized) -> int:
+    """Tokens a sample takes in a packed row: all of them, less a dummy image's."""
+    return len(tokens) - (tokens.n_image_tokens if tokens.dummy_image else 0)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count only attended tokens (`cumsum(mask) - 1`, 0 where nothing is
+    attended yet): what `generate` gives a prompt, so a text-only sample's masked dummy
+    image takes no positions in training either, as in a packed row, which drops it."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def image_source(record: Record, blobs: list[bytes | None] | None, data_dir: Path,
@@ -124,7 +140,7 @@ class ShardDataset(Dataset):
         self.preference = preference
         self.skipped: list[dict[str, Any]] = []
         self.image_sizes_seen: set[tuple[int, int]] = set()  # (height, width), capped
-        rows, lengths = [], []
+        rows, lengths, packed = [], [], []
         for s, g, r, record, blobs in self._scan():
             try:
                 sizes = [image_size(image_source(record, blobs, self.data_dir, k))
@@ -138,8 +154,10 @@ class ShardDataset(Dataset):
             if len(self.image_sizes_seen) < MAX_SIZES_KEPT:
                 self.image_sizes_seen.update(sizes)
             lengths.append(sum(len(t) for t in tokens if t is not None))
+            packed.append(sum(packed_length(t) for t in tokens if t is not None))
         self.rows = np.asarray(rows, dtype=np.int32).reshape(-1, 3)
         self.lengths = np.asarray(lengths, dtype=np.int32)
+        self.packed_lengths = np.asarray(packed, dtype=np.int32)
 
     # -- planning
 
@@ -242,7 +260,8 @@ class BlockShuffleSampler(Sampler[int]):
 
 
 class SampleCollator:
-    """`collate_fn` for `ShardDataset` samples (picklable, for DataLoader workers).
+    """`collate_fn` for `ShardDataset` samples (picklable, for DataLoader workers): one
+    padded row per sample, `position_ids` from `position_ids(attention_mask)`.
     Preference samples become 2B rows: the B chosen, then the B rejected (same images)."""
 
     def __init__(self, pad_token_id: int, padding_side: str = "right"):
@@ -256,6 +275,7 @@ class SampleCollator:
             tokens += [s.rejected for s in samples]
             pixels += pixels
         batch = collate_tokenized(tokens, pixels, self.pad_token_id, self.padding_side)
+        batch["position_ids"] = position_ids(batch["attention_mask"])
         batch["real_images"] = torch.tensor([s.real_images for s in samples])
         batch["sample_index"] = torch.tensor([s.index for s in samples])
         return batch

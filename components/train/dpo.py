@@ -17,7 +17,9 @@ stops ending its answers ("à esquerdaQuatro...") and held-out exact match falls
 half. The NLL term anchors the chosen answer while the DPO term separates the pair.
 
 Batches hold 2B rows: the B chosen first, then the B rejected (`dataset.SampleCollator`),
-so policy and reference each need one forward per batch. `sequence_logps` gathers the
+or packed rows of whole pairs, chosen then rejected, as segments (`train.packing`:
+`components.train.packing`; the log-probs are then summed per segment), so policy and
+reference each need one forward per batch. `sequence_logps` gathers the
 label tokens' log-probabilities without materialising a full log-softmax
 (`selective_log_softmax`, as TRL does: logsumexp row by row), the memory that matters at
 16k tokens x a 128k vocabulary.
@@ -59,17 +61,28 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
     `logits[:, t]` predicts token t+1, so logits and labels are shifted by one.
     """
-    logits = logits[:, :-1]
-    labels = labels[:, 1:]
-    mask = labels != IGNORE_INDEX
-    safe = labels.masked_fill(~mask, 0)
-    logps = selective_log_softmax(logits, safe)
-    return (logps * mask).sum(-1)
+    return token_logps(logits, labels).sum(-1)
 
 
 def answer_lengths(labels: torch.Tensor) -> torch.Tensor:
     """Number of scored tokens per row (labels != -100 after the one-token shift)."""
     return (labels[:, 1:] != IGNORE_INDEX).sum(-1)
+
+
+def pair_count(batch: dict[str, torch.Tensor]) -> int:
+    """Preference pairs in a batch: its `sample_index` entries (packed or padded), else
+    half its rows (a padded batch built without the collator)."""
+    if "sample_index" in batch:
+        return int(batch["sample_index"].shape[0])
+    return int(batch["input_ids"].shape[0]) // 2
+
+
+def chosen_lengths(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Scored tokens of each pair's chosen answer, padded or packed batch alike."""
+    if "segment_ids" not in batch:
+        return answer_lengths(batch["labels"])[: pair_count(batch)]
+    scored = (batch["labels"][:, 1:] != IGNORE_INDEX).long()
+    return packed_sums(scored, batch)[0::2]
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
@@ -80,14 +93,35 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
     return -F.logsigmoid(margins).mean(), margins
 
 
+def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(B, T-1) log p(label_{t+1} | tokens <= t), 0 where the label is -100."""
+    labels = labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    logps = selective_log_softmax(logits[:, :-1], labels.masked_fill(~mask, 0))
+    return logps * mask
+
+
 def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) answer log-probs of a 2B-row preference batch."""
+    """(chosen, rejected) answer log-probs of a preference batch: 2B padded rows (the B
+    chosen, then the B rejected), or packed rows whose `segment_ids` number the segments
+    chosen, rejected, chosen, ... (`components.train.packing`)."""
     inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
     logits = model(**inputs).logits
-    logps = sequence_logps(logits, batch["labels"])
-    half = logps.shape[0] // 2
-    return logps[:half], logps[half:]
+    if "segment_ids" not in batch:
+        logps = sequence_logps(logits, batch["labels"])
+        half = logps.shape[0] // 2
+        return logps[:half], logps[half:]
+    sums = packed_sums(token_logps(logits, batch["labels"]), batch)
+    return sums[0::2], sums[1::2]
+
+
+def packed_sums(values: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per-segment sums of per-position `values` (B, T-1) aligned with labels[:, 1:]: two
+    segments (chosen, rejected) per pair of `sample_index`."""
+    from components.train.packing import segment_sums
+
+    return segment_sums(values, batch["segment_ids"][:, 1:], 2 * pair_count(batch))
 
 
 def make_reference(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Module:
@@ -123,7 +157,7 @@ class DPOObjective:
         self.ref_logps = ref_logps  # (N, 2): chosen, rejected per sample index
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
-        return int(batch["input_ids"].shape[0]) // 2
+        return pair_count(batch)
 
     def reference_logps(self, batch: dict[str, torch.Tensor]
                         ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,8 +177,7 @@ class DPOObjective:
         pol_c, pol_r = pair_logps(model, batch)
         loss, margins = dpo_loss(pol_c, pol_r, ref_c, ref_r, self.beta)
         if self.nll_weight:
-            lengths = answer_lengths(batch["labels"])[: pol_c.shape[0]]
-            loss = loss + self.nll_weight * chosen_nll(pol_c, lengths)
+            loss = loss + self.nll_weight * chosen_nll(pol_c, chosen_lengths(batch))
         stats = {
             "_n": torch.tensor(float(pol_c.shape[0])),
             "rewards/chosen": (self.beta * (pol_c - ref_c)).detach().sum(),

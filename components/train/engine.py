@@ -245,6 +245,16 @@ class LMObjective:
         return out.loss, {}
 
 
+def real_tokens(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """(tokens of samples, positions computed) of a micro-batch: a packed batch's
+    `segment_ids` > 0 (padding and the dummy image excluded), else its 2-D attention mask."""
+    if "segment_ids" in batch:
+        seg = batch["segment_ids"]
+        return int((seg > 0).sum()), int(seg.numel())
+    mask = batch["attention_mask"]
+    return int(mask.sum()), int(mask.numel())
+
+
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -323,12 +333,11 @@ class AmaliaTrainer(Trainer):
         return (loss, None) if return_outputs else loss
 
     def _add_stats(self, inputs: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]):
-        mask = inputs["attention_mask"]
+        real, positions = real_tokens(inputs)
         add = {
-            "tokens": float(mask.sum()),
-            "positions": float(mask.numel()),
+            "tokens": float(real),
+            "positions": float(positions),
             "images": float(inputs["real_images"].sum()) if "real_images" in inputs else 0.0,
-            "samples": float(mask.shape[0]),
         }
         add.update({k: float(v.detach()) for k, v in stats.items()})
         for key, value in add.items():
@@ -357,7 +366,6 @@ class AmaliaTrainer(Trainer):
             "padding_ratio": 1.0 - tokens / positions if positions else 0.0,
             "step_seconds": seconds,
         }
-        total.pop("samples", None)
         n = total.pop("_n", 0.0)  # the objective's own statistics are means over its items
         out.update({key: value / n for key, value in total.items() if n})
         if self.flops_per_token and self.peak_flops:

@@ -64,11 +64,19 @@ from components.train.engine import (
     resolve_precision,
     train_stage,
 )
+from components.train.packing import (
+    PackedCollator,
+    PackedDataset,
+    text_attention,
+    training_attention,
+)
 
 log = logging.getLogger(__name__)
 MAX_DATA_SIZES_CHECKED = 64
 TRAIN_OUTPUTS = ("align", "sft", "dpo")
 # step metrics summarised into the stage's metrics (mean over the run)
+PACKING_KEYS = ("packing", "attn_implementation", "packed_rows", "packing_layout",
+                "samples_per_row", "row_fill_ratio")
 SUMMARISED = ("tokens_per_s", "images_per_s", "padding_ratio", "grad_norm", "mfu")
 
 
@@ -227,6 +235,7 @@ def _finish(ctx: StageContext, result: TrainResult, counts_by_part: dict[str, in
         "stage": ctx.name, **metrics, "loss_window": window, "steps": result.steps,
         "train_samples": train_samples, "trainable": counts_by_part, "runtime": runtime,
         "engine": engine, "skipped": skipped, "loss_history": result.loss_history,
+        "packing": {k: v for k, v in (extra_params or {}).items() if k in PACKING_KEYS},
         "step_metrics": result.step_logs,
     }
     artifacts = ["metrics.json", "loss.png"]
@@ -255,6 +264,28 @@ def _finish(ctx: StageContext, result: TrainResult, counts_by_part: dict[str, in
     )
 
 
+def training_data(ctx: StageContext, model, chat: ChatFormat, base: ShardDataset):
+    """(dataset, collator, packing record) the Trainer runs on: `base` in padded batches,
+    or with `train.packing` its packed rows in the layout of the model's attention (call
+    inside `training_attention`, which chose it)."""
+    s = ctx.settings
+    attention = text_attention(model)
+    pad = chat.tokenizer.pad_token_id
+    record: dict[str, Any] = {"packing": s.engine.packing, "attn_implementation": attention}
+    if not s.engine.packing:
+        return base, SampleCollator(pad), record
+    collator = PackedCollator.for_model(model, chat, pad)
+    packed = PackedDataset(base, s.model.max_length,
+                           multiple=s.stage_train(ctx.name).global_batch_size)
+    record.update({"packed_rows": len(packed), "packing_layout": collator.layout,
+                   "samples_per_row": round(len(base) / max(len(packed), 1), 3),
+                   "row_fill_ratio": round(packed.fill_ratio, 4)})
+    log.info("%s: packed %d samples into %d rows of <= %d tokens (%.1f%% full, %s)",
+             ctx.name, len(base), len(packed), s.model.max_length, 100 * packed.fill_ratio,
+             collator.layout)
+    return packed, collator, record
+
+
 def _supervised(ctx: StageContext, model, processor, output: str,
                 source: Path | None = None) -> StageOutput:
     """Train the stage's `trainable` parts of `model` (loaded from `source`, if from a
@@ -265,12 +296,14 @@ def _supervised(ctx: StageContext, model, processor, output: str,
     skipped = record_skips(ctx, dataset, output)
     _check_agreement(processor, model, dataset, source)
     counts = set_trainable(model, s.stage_train(ctx.name).trainable)
-    result = train_stage(
-        s, ctx.name, ctx.out_dir, model, dataset,
-        SampleCollator(processor.tokenizer.pad_token_id), LMObjective(),
-        config_digest=stage_digest(ctx), log_metrics=ctx.log_metrics, progress=ctx.progress)
+    with training_attention(model, s.model.attn_implementation, s.engine.packing):
+        train_set, collator, packing = training_data(ctx, model, chat, dataset)
+        result = train_stage(
+            s, ctx.name, ctx.out_dir, model, train_set, collator, LMObjective(),
+            config_digest=stage_digest(ctx), log_metrics=ctx.log_metrics,
+            progress=ctx.progress)
     _save(ctx, result, processor)
-    return _finish(ctx, result, counts, len(dataset), skipped)
+    return _finish(ctx, result, counts, len(dataset), skipped, extra_params=packing)
 
 
 def _fp32(model):
@@ -322,18 +355,21 @@ def run_dpo(ctx: StageContext) -> StageOutput:
     batch = t.per_device_batch_size or t.global_batch_size
     # the sft model before any DPO step is the reference: score the eval pairs now
     eval_reference = precompute_reference(model, eval_set, collate, batch)
-    if t.precompute_ref_log_probs:
-        objective = DPOObjective(t.beta, t.rpo_alpha,
-                                 ref_logps=precompute_reference(model, train_set, collate,
-                                                                batch))
-    else:
-        half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-            resolve_precision(s.engine, detect_runtime()))
-        objective = DPOObjective(t.beta, t.rpo_alpha, reference=make_reference(model, half))
+    ref_logps = precompute_reference(model, train_set, collate, batch) \
+        if t.precompute_ref_log_probs else None
     before = preference_scores(eval_reference, eval_reference, t.beta)
-    result = train_stage(s, "dpo", ctx.out_dir, model, train_set, collate, objective,
-                         config_digest=stage_digest(ctx), log_metrics=ctx.log_metrics,
-                         progress=ctx.progress)
+    with training_attention(model, s.model.attn_implementation, s.engine.packing):
+        if ref_logps is not None:
+            objective = DPOObjective(t.beta, t.rpo_alpha, ref_logps=ref_logps)
+        else:  # the frozen copy scores the training batches: same attention as the policy
+            half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+                resolve_precision(s.engine, detect_runtime()))
+            objective = DPOObjective(t.beta, t.rpo_alpha,
+                                     reference=make_reference(model, half))
+        train_rows, train_collate, packing = training_data(ctx, model, chat, train_set)
+        result = train_stage(s, "dpo", ctx.out_dir, model, train_rows, train_collate,
+                             objective, config_digest=stage_digest(ctx),
+                             log_metrics=ctx.log_metrics, progress=ctx.progress)
     after = preference_scores(precompute_reference(model, eval_set, collate, batch),
                               eval_reference, t.beta)
     _save(ctx, result, processor)
@@ -347,4 +383,5 @@ def run_dpo(ctx: StageContext) -> StageOutput:
     return _finish(ctx, result, counts, len(train_set), skipped, extra_metrics=extra,
                    extra_counts={"eval_pairs": len(eval_set)},
                    extra_params={"beta": t.beta, "nll_weight": t.rpo_alpha,
-                                 "precompute_ref_log_probs": t.precompute_ref_log_probs})
+                                 "precompute_ref_log_probs": t.precompute_ref_log_probs,
+                                 **packing})

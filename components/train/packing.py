@@ -1,0 +1,431 @@
+"""Sequence packing with sample isolation: several whole samples per row, each attending
+only to itself, so a batch holds real tokens instead of padding.
+
+Rows (`pack_rows`): first-fit decreasing over the dataset's length index
+(`ShardDataset.packed_lengths`, counted in the planning pass from the processor's
+image-token arithmetic; nothing is decoded for it) into bins of `model.max_length`
+tokens, within each source row group (a row's samples are read from one cached row
+group). A row never splits a sample: samples are never truncated (the planning pass
+skipped what cannot fit a row alone), and a preference pair (chosen + rejected: the
+packing unit of dpo) longer than a row gets a row of its own. Rows are computed once;
+the number of rows is made a multiple of the global batch (`multiple`) by splitting the
+fullest rows, so every epoch uses every sample exactly once on any world size. The
+sampler shuffles rows per epoch (`BlockShuffleSampler` over the groups' rows).
+
+Isolation, by the attention implementation the language model runs (`attention_layout`):
+
+- `mask` (sdpa, eager; CPU): rows padded to the longest, a 4-D mask `(B, 1, L, L)` that
+  lets token i see token j only when both belong to the same sample and j <= i (bool for
+  sdpa, additive float for eager; padding sees padding only, so no row is empty);
+- `varlen` (flash_attention_2 / 3 on a GPU; `sdpa_varlen`, torch SDPA per segment, where
+  flash-attn is missing: the default on CPU): the micro-batch's rows flattened into one
+  `(1, T)` row without padding, with `cu_seq_lens_q/k` and `max_length_q/k` (the
+  flash-attn varlen arguments transformers forwards to the attention function);
+- anything else is refused (`ConfigError` naming `train.packing` and
+  `model.attn_implementation`).
+
+In both layouts `position_ids` restart at 0 for every sample, and the first label of
+every sample is ignored, so no token is trained to predict the next sample's first
+token: loss and gradients equal the unpacked batch's (the loss is normalised by the
+label tokens of the global batch either way). A text-only sample's dummy image is
+dropped (a padded row masks it out of attention and, with `dataset.position_ids`,
+out of the positions, so nothing changes); a micro-batch with no real image at all gets
+one blank dummy image as an isolated segment of its own, so every rank still calls the
+vision tower (ZeRO-3). Images are ordered as their tokens are (rows, then samples), so
+`masked_scatter` puts each image's features into its own sample.
+
+Batches carry `segment_ids` (meta, `(B, L)`): 0 for padding and the dummy, else 1 + the
+sample's index in the micro-batch in order (for dpo: chosen, rejected, chosen, ...),
+which the engine's token statistics and the DPO log-prob sums read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from components.errors import ConfigError
+from components.train.chat import Tokenized
+from components.train.data import IGNORE_INDEX
+from components.train.dataset import BlockShuffleSampler, Sample, ShardDataset
+
+# attention implementations that can isolate packed samples, and how
+LAYOUTS: dict[str, str] = {
+    "sdpa": "mask", "eager": "mask",
+    "flash_attention_2": "varlen", "flash_attention_3": "varlen",
+}
+
+
+def text_attention(model) -> str:
+    """The attention implementation the language model runs."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or config
+    return str(getattr(text, "_attn_implementation", None) or "eager")
+
+
+def attention_layout(model) -> str:
+    """`mask` or `varlen` for the model's language-model attention (see the module
+    docstring); `ConfigError` naming the settings for one that cannot isolate samples."""
+    impl = text_attention(model)
+    layout = LAYOUTS.get(impl)
+    if layout is None:
+        raise ConfigError(
+            f"train.packing=true needs an attention implementation that keeps packed samples "
+            f"apart, but the language model runs model.attn_implementation={impl!r}",
+            "set model.attn_implementation to sdpa or eager (block-diagonal mask) or "
+            "flash_attention_2 / flash_attention_3 (varlen), or train.packing: false")
+    return layout
+
+
+def register_layout(name: str, layout: str) -> None:
+    """Declare an attention implementation registered with transformers'
+    `AttentionInterface` as able to isolate samples in `layout` (`mask` or `varlen`)."""
+    if layout not in ("mask", "varlen"):
+        raise ValueError(f"layout must be mask or varlen, not {layout!r}")
+    LAYOUTS[name] = layout
+
+
+# ----------------------------------------------------------------------------- bins
+
+
+def first_fit_decreasing(lengths: Sequence[int] | np.ndarray, capacity: int
+                         ) -> list[list[int]]:
+    """Bins of indices into `lengths`: longest first, each into the first bin it fits
+    (a max segment tree over the bins' free space: O(n log n)). An item longer than
+    `capacity` gets a bin of its own. Indices inside a bin are ascending."""
+    lengths = [int(x) for x in lengths]
+    n = len(lengths)
+    if not n:
+        return []
+    size = 1
+    while size < n:
+        size *= 2
+    free = [0] * (2 * size)  # free[node] = most free space of any bin below node
+    for leaf in range(n):
+        free[size + leaf] = capacity
+    for node in range(size - 1, 0, -1):
+        free[node] = max(free[2 * node], free[2 * node + 1])
+    bins: list[list[int]] = [[] for _ in range(n)]
+    used = 0
+    oversize: list[list[int]] = []
+    for i in sorted(range(n), key=lambda k: (-lengths[k], k)):
+        need = lengths[i]
+        if need > capacity:
+            oversize.append([i])
+            continue
+        node = 1
+        while node < size:  # the leftmost bin with room: first fit
+            node = 2 * node if free[2 * node] >= need else 2 * node + 1
+        leaf = node - size
+        bins[leaf].append(i)
+        used = max(used, leaf + 1)
+        free[node] -= need
+        node //= 2
+        while node:
+            free[node] = max(free[2 * node], free[2 * node + 1])
+            node //= 2
+    return oversize + [sorted(b) for b in bins[:used]]
+
+
+def split_to_multiple(rows: list[list[int]], multiple: int, lengths: Sequence[int]
+                      ) -> list[list[int]]:
+    """`rows` with the fullest multi-sample rows split in two until their number is a
+    multiple of `multiple` (as far as rows with two samples or more allow)."""
+    rows = [list(r) for r in rows]
+    while multiple > 1 and len(rows) % multiple:
+        splittable = [k for k, r in enumerate(rows) if len(r) > 1]
+        if not splittable:
+            break
+        k = max(splittable, key=lambda j: (sum(lengths[i] for i in rows[j]), -j))
+        row = rows[k]
+        rows[k], extra = row[: len(row) // 2], row[len(row) // 2:]
+        rows.append(extra)
+    return rows
+
+
+def pack_rows(groups: Sequence[np.ndarray], lengths: np.ndarray, capacity: int,
+              multiple: int = 1) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(rows as arrays of sample indices, row indices per group): first-fit decreasing
+    inside each group of sample indices, then `split_to_multiple` over all rows."""
+    rows: list[list[int]] = []
+    owner: list[int] = []
+    for g, members in enumerate(groups):
+        members = np.asarray(members)
+        for b in first_fit_decreasing(lengths[members], capacity):
+            rows.append(members[b].tolist())
+            owner.append(g)
+    before = len(rows)
+    rows = split_to_multiple(rows, multiple, lengths)
+    owner += [_group_of(rows[k][0], groups) for k in range(before, len(rows))]
+    by_group: list[list[int]] = [[] for _ in groups]
+    for k, g in enumerate(owner):
+        by_group[g].append(k)
+    return ([np.asarray(r, dtype=np.int64) for r in rows],
+            [np.asarray(b, dtype=np.int64) for b in by_group if b])
+
+
+def _group_of(index: int, groups: Sequence[np.ndarray]) -> int:
+    return next(g for g, members in enumerate(groups) if index in set(members.tolist()))
+
+
+class PackedDataset(Dataset):
+    """Rows of whole samples of a `ShardDataset` (see the module docstring); item k is
+    the list of row k's `Sample`s. `skipped` / `image_sizes_seen` are the base's."""
+
+    def __init__(self, base: ShardDataset, capacity: int, multiple: int = 1):
+        self.base = base
+        self.capacity = int(capacity)
+        self.rows, self._groups = pack_rows(base.row_groups, base.packed_lengths,
+                                            self.capacity, multiple)
+        self.row_lengths = np.asarray([int(base.packed_lengths[r].sum()) for r in self.rows],
+                                      dtype=np.int64)
+
+    @property
+    def skipped(self):
+        return self.base.skipped
+
+    @property
+    def image_sizes_seen(self):
+        return self.base.image_sizes_seen
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Tokens per sample as attention sees them (the FLOPs' attention term)."""
+        return self.base.packed_lengths
+
+    @property
+    def fill_ratio(self) -> float:
+        """Real tokens of all rows over rows x capacity: the padded layout's real-token
+        share at best (a batch pads to its longest row, not always to capacity)."""
+        return float(self.row_lengths.sum() / (len(self.rows) * self.capacity)) \
+            if self.rows else 0.0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def sampler(self, seed: int) -> BlockShuffleSampler:
+        return BlockShuffleSampler(self._groups, seed)
+
+    def __getitem__(self, k: int) -> list[Sample]:
+        return [self.base[int(i)] for i in self.rows[k]]
+
+
+# ----------------------------------------------------------------------------- collation
+
+
+@dataclass
+class _Segment:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    pixels: list[torch.Tensor]
+    image_sizes: list[tuple[int, int]]
+    real: bool  # a sample's tokens (not the dummy image)
+
+
+def _segment(tokens: Tokenized, pixels: list[torch.Tensor]) -> _Segment:
+    """A sample as a packed segment: its dummy image dropped, its first label ignored."""
+    ids, labels = tokens.input_ids, tokens.labels.clone()
+    images, sizes = list(pixels), list(tokens.image_sizes)
+    if tokens.dummy_image:
+        keep = tokens.attention_mask.bool()
+        ids, labels = ids[keep], labels[keep]
+        images, sizes = [], []
+    labels[:1] = IGNORE_INDEX
+    return _Segment(ids, labels, images, sizes, True)
+
+
+class PackedCollator:
+    """`collate_fn` for `PackedDataset` rows in the `mask` or `varlen` layout (see the
+    module docstring); picklable for DataLoader workers. `dummy_tokens` / `dummy_tiles` /
+    `tile_side`: the blank image a micro-batch without real images gets (one base tile:
+    `ChatFormat.image_cost((tile_side, tile_side))`)."""
+
+    def __init__(self, pad_token_id: int, image_token_id: int, layout: str, *,
+                 dummy_tokens: int, dummy_tiles: int, tile_side: int,
+                 mask_kind: str = "bool"):
+        if layout not in ("mask", "varlen"):
+            raise ValueError(f"layout must be mask or varlen, not {layout!r}")
+        if mask_kind not in ("bool", "additive"):
+            raise ValueError(f"mask_kind must be bool or additive, not {mask_kind!r}")
+        self.pad_token_id = pad_token_id
+        self.image_token_id = image_token_id
+        self.layout = layout
+        self.mask_kind = mask_kind
+        self.dummy_tokens = dummy_tokens
+        self.dummy_tiles = dummy_tiles
+        self.tile_side = tile_side
+
+    @classmethod
+    def for_model(cls, model, chat, pad_token_id: int) -> PackedCollator:
+        """The collator for `model`'s attention (`attention_layout`) and `chat`'s tiles."""
+        layout = attention_layout(model)
+        tiles, tokens = chat.image_cost((chat.tile_side, chat.tile_side))
+        kind = "additive" if text_attention(model) == "eager" else "bool"
+        return cls(pad_token_id, chat.image_token_id, layout, dummy_tokens=tokens,
+                   dummy_tiles=tiles, tile_side=chat.tile_side, mask_kind=kind)
+
+    def _dummy(self) -> _Segment:
+        n = self.dummy_tokens
+        return _Segment(torch.full((n,), self.image_token_id, dtype=torch.long),
+                        torch.full((n,), IGNORE_INDEX, dtype=torch.long),
+                        [torch.zeros(self.dummy_tiles, 3, self.tile_side, self.tile_side)],
+                        [(self.tile_side, self.tile_side)], False)
+
+    def __call__(self, rows: list[list[Sample]]) -> dict[str, torch.Tensor]:
+        packed: list[list[_Segment]] = []
+        for row in rows:
+            segments = []
+            for sample in row:
+                segments.append(_segment(sample.tokens, sample.pixel_values))
+                if sample.rejected is not None:
+                    segments.append(_segment(sample.rejected, sample.pixel_values))
+            packed.append(segments)
+        samples = [s for row in rows for s in row]
+        if not any(s.real_images for s in samples):  # every rank calls the vision tower
+            shortest = min(range(len(packed)), key=lambda k: sum(len(g.input_ids)
+                                                                  for g in packed[k]))
+            packed[shortest].append(self._dummy())
+        batch = self._varlen(packed) if self.layout == "varlen" else self._mask(packed)
+        segments = [g for row in packed for g in row]
+        flat = [t for g in segments for t in g.pixels]
+        most = max(t.shape[0] for t in flat)
+        pixel_values = torch.zeros((len(flat), most, *flat[0].shape[1:]), dtype=flat[0].dtype)
+        for i, t in enumerate(flat):
+            pixel_values[i, : t.shape[0]] = t
+        batch["pixel_values"] = pixel_values
+        batch["image_sizes"] = torch.tensor([hw for g in segments for hw in g.image_sizes],
+                                            dtype=torch.long).reshape(-1, 2)
+        batch["real_images"] = torch.tensor([s.real_images for s in samples])
+        batch["sample_index"] = torch.tensor([s.index for s in samples])
+        return batch
+
+    @staticmethod
+    def _ids(segments: list[_Segment], start: int) -> list[torch.Tensor]:
+        """Per segment: 0 for the dummy, else 1 + its index among the real segments."""
+        out, k = [], start
+        for g in segments:
+            if g.real:
+                k += 1
+            out.append(torch.full((len(g.input_ids),), k if g.real else 0, dtype=torch.long))
+        return out
+
+    def _varlen(self, packed: list[list[_Segment]]) -> dict[str, torch.Tensor]:
+        segments = [g for row in packed for g in row]
+        lengths = [len(g.input_ids) for g in segments]
+        cu = torch.zeros(len(lengths) + 1, dtype=torch.int32)
+        cu[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
+        longest = max(lengths)
+        return {
+            "input_ids": torch.cat([g.input_ids for g in segments]).unsqueeze(0),
+            "labels": torch.cat([g.labels for g in segments]).unsqueeze(0),
+            "position_ids": torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0),
+            "segment_ids": torch.cat(self._ids(segments, 0)).unsqueeze(0),
+            "cu_seq_lens_q": cu, "cu_seq_lens_k": cu.clone(),
+            "max_length_q": longest, "max_length_k": longest,
+        }
+
+    def _mask(self, packed: list[list[_Segment]]) -> dict[str, torch.Tensor]:
+        width = max(sum(len(g.input_ids) for g in row) for row in packed)
+        b = len(packed)
+        input_ids = torch.full((b, width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((b, width), IGNORE_INDEX, dtype=torch.long)
+        positions = torch.zeros((b, width), dtype=torch.long)
+        segment_ids = torch.zeros((b, width), dtype=torch.long)
+        blocks = torch.zeros((b, width), dtype=torch.long)  # 0 = padding, k = k-th segment
+        start = 0
+        for r, row in enumerate(packed):
+            ids = self._ids(row, start)
+            start += sum(g.real for g in row)
+            at = 0
+            for k, (g, seg) in enumerate(zip(row, ids, strict=True)):
+                n = len(g.input_ids)
+                input_ids[r, at: at + n] = g.input_ids
+                labels[r, at: at + n] = g.labels
+                positions[r, at: at + n] = torch.arange(n)
+                segment_ids[r, at: at + n] = seg
+                blocks[r, at: at + n] = k + 1
+                at += n
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        allowed = (blocks[:, :, None] == blocks[:, None, :]) & causal
+        mask = allowed.unsqueeze(1)
+        if self.mask_kind == "additive":
+            mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+        return {"input_ids": input_ids, "labels": labels, "position_ids": positions,
+                "segment_ids": segment_ids, "attention_mask": mask}
+
+
+def segment_sums(values: torch.Tensor, segment_ids: torch.Tensor, n_segments: int
+                 ) -> torch.Tensor:
+    """(n_segments,) sums of `values` over the positions of segments 1..n_segments
+    (`segment_ids` as the collator writes them, same shape as `values`; 0 is dropped)."""
+    out = torch.zeros(n_segments + 1, dtype=values.dtype, device=values.device)
+    out.index_add_(0, segment_ids.reshape(-1), values.reshape(-1))
+    return out[1:]
+
+
+# ----------------------------------------------------------------------------- attention
+
+SDPA_VARLEN = "sdpa_varlen"
+
+
+def sdpa_varlen_attention(module, query, key, value, attention_mask, scaling=None,
+                          dropout=0.0, cu_seq_lens_q=None, **kwargs):
+    """flash-attn varlen semantics with torch SDPA, on any device: causal attention inside
+    each `cu_seq_lens_q` segment of the flattened `(1, T)` row, nothing across them, so
+    attention costs the sum of the samples' squared lengths (a block-diagonal mask costs
+    the row's). Registered as `sdpa_varlen` (`register_sdpa_varlen`): what packing runs
+    where flash-attn is not installed (every CPU). Packed batches only."""
+    if cu_seq_lens_q is None:
+        raise ValueError(f"attention {SDPA_VARLEN!r} runs packed varlen batches only (no "
+                         "cu_seq_lens_q in this batch): train unpacked with sdpa")
+    gqa = query.shape[1] != key.shape[1]
+    bounds = cu_seq_lens_q.tolist()
+    parts = [torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], is_causal=True, scale=scaling,
+        enable_gqa=gqa) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def register_sdpa_varlen() -> str:
+    """Register `sdpa_varlen_attention` with transformers' `AttentionInterface` (packing
+    layout `varlen`) and return its name, `sdpa_varlen`."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SDPA_VARLEN, sdpa_varlen_attention)
+    register_layout(SDPA_VARLEN, "varlen")
+    return SDPA_VARLEN
+
+
+def packing_attention(setting: str, runtime_choice: str) -> str:
+    """The attention packing trains with: `model.attn_implementation` when set, else the
+    runtime's choice (flash_attention_2 on a GPU with flash-attn), where that is plain sdpa
+    the `sdpa_varlen` kernel (same results as sdpa's block-diagonal mask, without
+    computing the masked blocks: bench/train_throughput.py)."""
+    if setting != "auto":
+        return register_sdpa_varlen() if setting == SDPA_VARLEN else setting
+    return register_sdpa_varlen() if runtime_choice == "sdpa" else runtime_choice
+
+
+@contextmanager
+def training_attention(model, setting: str, packing: bool) -> Iterator[str]:
+    """Run the language model with the attention training uses (`packing_attention` when
+    packing, else `model.attn_implementation` / the runtime's) and yield its name; on exit
+    restore the one it had, so scoring, evaluation and the saved model use plain attention.
+    A packed run with one that cannot isolate samples raises `ConfigError`."""
+    from components.model.build import set_text_attention
+
+    before = text_attention(model)
+    wanted = packing_attention(setting, before) if packing else setting
+    chosen = set_text_attention(model, wanted)
+    try:
+        if packing:
+            attention_layout(model)
+        yield chosen
+    finally:
+        if chosen != before:
+            set_text_attention(model, before)
