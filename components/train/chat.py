@@ -74,6 +74,7 @@ from components.evaltasks.prompts import LETTERS, render_options
 from components.evaltasks.spec import PromptSpec
 from components.records import PLACEHOLDER, Record
 from components.train.data import CAPTION_PROMPT, IGNORE_INDEX
+from components.train.tiles import tiler_for
 
 __all__ = [
     "CAPTION_PROMPT", "IGNORE_INDEX", "MC_POST_PROMPT", "Budget", "ChatFormat", "SkipSample",
@@ -188,9 +189,7 @@ class ChatFormat:
         self.image_token: str = processor.image_token
         self.image_token_id: int = int(processor.image_token_id)
         ip = processor.image_processor
-        size = ip.size
-        height = size["height"] if isinstance(size, dict) else size.height
-        self.tile_side = int(height)
+        self.tile_side = tile_side(ip)
         self.pinpoints = [list(p) for p in ip.image_grid_pinpoints]
         self._costs: dict[Size, tuple[int, int]] = {}
         self.list_content = self._probe_list_content()
@@ -601,28 +600,48 @@ class ChatFormat:
         return self._expand(ids, labels, self._with_dummy(sizes, dummy), dummy, "prompt")
 
 
+def tile_side(image_processor) -> int:
+    """The anyres grid step and tile side of a LlavaNext image processor: `crop_size`'s
+    height (what HF cuts the grid at), else `size`'s height or shortest edge."""
+    def get(value, key):
+        return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+
+    crop, size = getattr(image_processor, "crop_size", None), image_processor.size
+    side = get(crop, "height") or get(size, "height") or get(size, "shortest_edge")
+    if not side:
+        raise AmaliaError(f"image processor {type(image_processor).__name__} has neither "
+                          "crop_size nor size: cannot tell its tile side")
+    return int(side)
+
+
 def pixel_inputs(processor, images: Sequence[Image.Image | None],
                  image_sizes: Sequence[Size]) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Anyres tiles for each image resized to its (height, width) in `image_sizes` (the
     sizes a `Tokenized` holds): a list of (tiles, 3, side, side) tensors, and the sizes as a
-    (n, 2) long tensor. A `None` image (a dummy) gets blank (zero) tiles of its size."""
+    (n, 2) long tensor. A `None` image (a dummy) gets blank (zero) tiles of its size.
+    Tiles come from `components.train.tiles` (bitwise equal to the HF processor, faster),
+    or from the processor itself for settings that module does not replicate."""
     if len(images) != len(image_sizes):
         raise ValueError(f"{len(images)} images for {len(image_sizes)} sizes")
     ip = processor.image_processor
-    size = ip.size
-    side = int(size["height"] if isinstance(size, dict) else size.height)
-    pinpoints = [list(p) for p in ip.image_grid_pinpoints]
     sizes = [(int(h), int(w)) for h, w in image_sizes]
-    real = []
+    resized: list[Image.Image | None] = []
     for image, (h, w) in zip(images, sizes, strict=True):
-        if image is None:
-            continue
-        if image.size != (w, h):
+        if image is not None and image.size != (w, h):
             image = image.resize((w, h), Image.Resampling.BICUBIC)
-        real.append(image)
+        resized.append(image)
+    tiler = tiler_for(ip)  # bitwise equal to `ip`; None: settings it does not replicate
+    if tiler is not None:
+        side = tiler.side
+        out = [torch.zeros(tiler.num_tiles(hw), 3, side, side) if image is None
+               else tiler(image) for image, hw in zip(resized, sizes, strict=True)]
+        return out, torch.tensor(sizes, dtype=torch.long).reshape(-1, 2)
+    side = tile_side(ip)
+    pinpoints = [list(p) for p in ip.image_grid_pinpoints]
+    real = [image for image in resized if image is not None]
     tiles = iter(ip(images=real, return_tensors="pt")["pixel_values"]) if real else iter(())
     out = []
-    for image, hw in zip(images, sizes, strict=True):
+    for image, hw in zip(resized, sizes, strict=True):
         n = int(image_size_to_num_patches(hw, pinpoints, side))
         out.append(torch.zeros(n, 3, side, side) if image is None else next(tiles)[:n])
     return out, torch.tensor(sizes, dtype=torch.long).reshape(-1, 2)

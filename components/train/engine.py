@@ -627,8 +627,9 @@ def train_stage(
         log.warning("%s: %s", stage, fallback)
     if len(dataset) < plan.global_batch_size:
         raise ConfigError(
-            f"{stage}: {len(dataset)} samples are fewer than one global batch "
-            f"({plan.global_batch_size})", f"lower {stage}.global_batch_size or add data")
+            f"{stage}: {len(dataset)} {getattr(dataset, 'batch_unit', 'samples')} are fewer "
+            f"than one global batch ({plan.global_batch_size})",
+            f"lower {stage}.global_batch_size or add data")
     config_path = write_strategy_config(settings, stage, out_dir, plan, precision, strategy) \
         if ws.is_main else (out_dir / ("deepspeed_config.json" if strategy.startswith("zero")
                                        else "fsdp_config.json"))

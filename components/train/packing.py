@@ -177,6 +177,8 @@ class PackedDataset(Dataset):
     """Rows of whole samples of a `ShardDataset` (see the module docstring); item k is
     the list of row k's `Sample`s. `skipped` / `image_sizes_seen` are the base's."""
 
+    batch_unit = "packed rows"  # what a global batch counts
+
     def __init__(self, base: ShardDataset, capacity: int, multiple: int = 1):
         self.base = base
         self.capacity = int(capacity)
