@@ -25,8 +25,14 @@ def run_tracked_stage(
     restart: bool = False,
     launch: Launch | None = None,
     params_path: str | None = None,
+    cache: bool = False,
 ) -> dict[str, Any]:
     """Run one stage inside its MLflow run; returns the stage manifest.
+
+    With `cache`, a stage whose key (`components.stage_cache`: code, the settings that can
+    affect it, upstream outputs, data) matches a finished stage of an earlier run is not
+    run: its outputs are linked into `run_dir` and its MLflow run is reused (the parent
+    run gets a `amalia.reused.<stage>` tag); the manifest then has a `cache` entry.
 
     A training stage with a distributed `launch` (`--nproc N`, multi-node), or with
     DeepSpeed / FSDP on a GPU, is started through torchrun: each worker process comes
@@ -34,16 +40,29 @@ def run_tracked_stage(
     from its checkpoints continues the MLflow run it started (the id is kept beside the
     checkpoints), not a new one.
     """
+    from components import stage_cache
     from components.tracking import stage_run
     from components.train import checkpoints
     from components.train.distributed import TRAINING_STAGES, launch_stage, needs_torchrun
 
     run_dir = Path(run_dir)
+    key = _cache_key(name, settings, run_dir) if cache and not restart else None
+    hit = stage_cache.lookup(name, key, run_dir) if key else None
+    if hit is not None and name == "register" and not _alias_still_set(hit.stage_dir):
+        hit = None  # another version took the alias since: register this one again
+    if hit is not None:
+        manifest = stage_cache.materialise(hit, name, run_dir)
+        _tag_reuse(parent_run_id, name, hit.mlflow_run_id)
+        manifest["mlflow_run_id"] = hit.mlflow_run_id
+        return manifest
     if needs_torchrun(name, launch, settings.engine.strategy):
         launch_stage(name, run_dir, launch or Launch(), profile=settings.profile,
                      params_path=params_path, parent_run_id=parent_run_id, restart=restart,
                      progress=progress)
-        return read_manifest(run_dir, name)
+        manifest = read_manifest(run_dir, name)
+        if key:
+            stage_cache.record(name, key, run_dir, manifest.get("mlflow_run_id"))
+        return manifest
     ckpt_dir = run_dir / name / "checkpoints"
     resume_id = None
     if name in TRAINING_STAGES:
@@ -56,7 +75,46 @@ def run_tracked_stage(
         output, manifest = run_stage(name, settings, run_dir, tracked.log_metrics, progress)
         tracked.finish(run_dir / name, output, manifest)
     manifest["mlflow_run_id"] = tracked.run_id
+    if key:
+        stage_cache.record(name, key, run_dir, tracked.run_id)
     return manifest
+
+
+def _cache_key(name: str, settings: Settings, run_dir: Path) -> str | None:
+    """The stage's cache key, or None when its inputs are not there (the stage itself
+    then fails with the usual message)."""
+    from components import stage_cache
+    from components.errors import MissingInputError
+
+    try:
+        return stage_cache.stage_key(name, settings, run_dir)
+    except MissingInputError:
+        return None
+
+
+def _alias_still_set(stage_dir: Path) -> bool:
+    """Whether the alias a cached registration set still points at its version."""
+    import json
+
+    from components.registry import alias_version
+
+    try:
+        reg = json.loads((stage_dir / "registration.json").read_text())
+        current = alias_version(reg["name"], reg["alias"])
+    except Exception:  # noqa: BLE001 - unreadable record or server: do not reuse
+        return False
+    return current is not None and str(current.version) == str(reg["version"])
+
+
+def _tag_reuse(parent_run_id: str | None, name: str, run_id: str | None) -> None:
+    if not parent_run_id:
+        return
+    from mlflow import MlflowClient
+
+    from components.tracking import tracking_uri
+
+    MlflowClient(tracking_uri=tracking_uri()).set_tag(parent_run_id, f"amalia.reused.{name}",
+                                                      run_id or "unknown")
 
 
 def stages_from(start: str | None = None, stop: str | None = None) -> list[str]:

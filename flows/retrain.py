@@ -27,27 +27,48 @@ from components.tracking import parent_run
 from components.train.distributed import Launch
 
 # Training stages may hit transient worker faults (preemption, NCCL timeouts) on GPU pools;
-# data stages are deterministic and fail for real reasons, so they are not retried.
-RETRIES = {"align": 1, "sft": 1, "dpo": 1}
+# every stage may meet a storage/tracking server that is briefly down. Those are retried
+# with back-off; an AmaliaError (bad data, bad config, missing input) is a real failure
+# and is never retried.
+RETRIES = {"align": 2, "sft": 2, "dpo": 2}
+DEFAULT_RETRIES = 1
+RETRY_DELAYS_S = [10, 60]
 
 
-@task(task_run_name="{name}")
+def transient_only(task, task_run, state) -> bool:
+    """Prefect `retry_condition_fn`: retry unless the stage failed with an AmaliaError
+    (our one-line errors for bad input / config), which another try cannot fix."""
+    from components.errors import AmaliaError
+
+    try:
+        state.result()
+    except AmaliaError:
+        return False
+    except Exception:  # noqa: BLE001 - anything else may be transient
+        return True
+    return True
+
+
+@task(task_run_name="{name}", retry_condition_fn=transient_only)
 def stage_task(
     name: str, profile: str, params_path: str | None, run_dir: str,
     parent_run_id: str | None, progress: bool, launch: dict[str, Any] | None = None,
-    restart: bool = False,
+    restart: bool = False, cache: bool = True,
 ) -> dict[str, Any]:
     """Run one pipeline stage (settings re-read so the task is self-contained). Training
     stages run on `launch` (torchrun: processes per node, nodes, rendezvous) and resume
-    from their checkpoints on a retry."""
+    from their checkpoints on a retry. With `cache`, a stage whose inputs match a finished
+    stage of an earlier run reuses it (`components.stage_cache`)."""
     settings = load_settings(profile, params_path)
     # a retry after a worker fault resumes from the checkpoints the first try left
     first_try = getattr(getattr(get_run_context(), "task_run", None), "run_count", 1) <= 1
     manifest = run_tracked_stage(name, settings, Path(run_dir), parent_run_id, progress,
                                  restart=restart and first_try,
                                  launch=Launch(**launch) if launch else None,
-                                 params_path=params_path)
-    get_run_logger().info("stage %s done: counts=%s", name, manifest["counts"])
+                                 params_path=params_path, cache=cache)
+    reused = manifest.get("cache", {}).get("reused_from")
+    get_run_logger().info("stage %s %s: counts=%s", name,
+                          f"reused from {reused}" if reused else "done", manifest["counts"])
     return manifest
 
 
@@ -64,8 +85,12 @@ def retrain_flow(
     node_rank: int | None = None,
     rdzv_endpoint: str | None = None,
     restart: bool = False,
+    cache: bool = True,
 ) -> dict[str, Any]:
     """Full retrain on `profile` into `run_dir` (new under runs/ by default).
+
+    `cache`: stages whose code, settings, upstream outputs and data are unchanged since an
+    earlier run reuse that run's outputs and MLflow run (`components.stage_cache`).
 
     `nproc`/`nnodes`/`node_rank`/`rdzv_endpoint`: how the training stages are launched
     (torchrun); `restart`: discard training checkpoints instead of resuming from them.
@@ -85,9 +110,10 @@ def retrain_flow(
     manifests: dict[str, dict[str, Any]] = {}
     with parent_run(settings, run_path) as parent_id:
         for name in stages_from(start, stop):
-            runner = stage_task.with_options(retries=RETRIES.get(name, 0))
+            runner = stage_task.with_options(retries=RETRIES.get(name, DEFAULT_RETRIES),
+                                             retry_delay_seconds=RETRY_DELAYS_S)
             manifests[name] = runner(name, settings.profile, params_path, str(run_path),
-                                     parent_id, progress, launch, restart)
+                                     parent_id, progress, launch, restart, cache)
         results_md = run_path / "evaluate" / "results.md"
         if results_md.exists():
             create_markdown_artifact(
@@ -109,4 +135,5 @@ def retrain_flow(
         "counts": {k: m["counts"] for k, m in manifests.items()},
         "metrics": {k: m["metrics"] for k, m in manifests.items()},
         "registration": registration,
+        "reused": sorted(k for k, m in manifests.items() if m.get("cache")),
     }

@@ -132,6 +132,57 @@ def test_registered_challenger_and_ask_through_registry(retrained):
     assert proc.stdout.strip(), "empty answer"
 
 
+def _retrain_again(retrained, run_name: str, **changes):
+    """Another retrain on the same data into a new run dir (params with `changes`)."""
+    from flows.retrain import retrain_flow
+
+    params = yaml.safe_load(Path(retrained["params"]).read_text())
+    for section, values in changes.items():
+        params["base"].setdefault(section, {}).update(values)
+    path = retrained["root"] / f"{run_name}.yaml"
+    path.write_text(yaml.safe_dump(params, allow_unicode=True))
+    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), Path.cwd()
+    os.environ["MLFLOW_TRACKING_URI"] = retrained["uri"]
+    os.chdir(retrained["root"])
+    try:
+        return retrain_flow(params_path=str(path), run_dir=str(retrained["root"] / run_name),
+                            progress=False)
+    finally:
+        os.chdir(old_cwd)
+        if old_uri is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_uri
+
+
+def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_from_there(
+        retrained):
+    import time
+
+    first = retrained["summary"]
+    started = time.perf_counter()
+    again = _retrain_again(retrained, "rerun")
+    seconds = time.perf_counter() - started
+    assert again["reused"] == sorted(ORDER), again["reused"]
+    assert again["registration"]["version"] == first["registration"]["version"]
+    rerun = Path(again["run_dir"])
+    model = rerun / "dpo" / "model" / "model.safetensors"
+    original = Path(first["run_dir"]) / "dpo" / "model" / "model.safetensors"
+    assert model.stat().st_ino == original.stat().st_ino  # linked, not copied or retrained
+    manifest = json.loads((rerun / "sft" / "manifest.json").read_text())
+    assert manifest["cache"]["reused_from"] == str(Path(first["run_dir"]).resolve() / "sft")
+    assert seconds < 120, f"an unchanged rerun took {seconds:.0f} s"
+
+    # one DPO parameter changed: everything before dpo is reused, dpo onwards runs again
+    # (another model name, so this module's registered versions stay as they were)
+    changed = _retrain_again(retrained, "beta", dpo={"beta": 0.2},
+                             register={"model_name": "amalia-vl-beta"})
+    assert changed["reused"] == sorted(["validate", "translate", "mix", "align", "sft"])
+    assert changed["registration"]["name"] == "amalia-vl-beta"
+    assert not json.loads((Path(changed["run_dir"]) / "dpo" / "manifest.json").read_text()
+                          ).get("cache")
+
+
 def test_gated_promotion(retrained):
     from components.registry import promote
 
@@ -163,3 +214,4 @@ def test_prefect_recorded_the_flow_and_artifact(retrained):
     runs, artifacts = asyncio.run(fetch())
     assert any(r.state and r.state.is_completed() for r in runs)
     assert any(a.key == "amalia-vl-evaluation" for a in artifacts)
+
