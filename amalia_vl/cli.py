@@ -45,6 +45,15 @@ app.add_typer(data_app, name="data")
 tasks_app = typer.Typer(help="Evaluation tasks (one YAML each): list, show prompts, export "
                         "to lmms-eval.", no_args_is_help=True)
 app.add_typer(tasks_app, name="eval-tasks")
+server_app = typer.Typer(
+    help="Local Prefect and MLflow servers in the background (start | stop | status).\n\n"
+         "`start` runs `prefect server start` and `mlflow server` on 127.0.0.1, each in its "
+         "own process group, logs and pid files in the state folder ($AMALIA_HOME, else "
+         ".amalia/ in the repo, with the SQLite databases and MLflow artifacts), waits until "
+         "both answer their health checks and prints the URLs and the lines to export "
+         "(PREFECT_API_URL, MLFLOW_TRACKING_URI). Starting twice is harmless.",
+    no_args_is_help=True)
+app.add_typer(server_app, name="server")
 
 ProfileOpt = typer.Option(None, "--profile", "-p",
                           help="params.yaml profile (default: its `profile` key, or "
@@ -90,12 +99,15 @@ def retrain(
     node_rank: int | None = NodeRankOpt,
     rdzv_endpoint: str | None = RdzvOpt,
     restart: bool = RestartOpt,
+    cache: bool = typer.Option(True, help="reuse stages whose code, settings, upstream "
+                               "outputs and data match a finished stage of an earlier run"),
 ) -> None:
     """Full retrain as a Prefect flow: validate -> translate -> mix -> align -> sft -> dpo
     -> evaluate -> register, tracked in MLflow, ending with amalia-vl@challenger.
 
     With --nproc N the training stages (align, sft, dpo) run on N processes through
-    torchrun; a training stage interrupted earlier resumes from its newest checkpoint."""
+    torchrun; a training stage interrupted earlier resumes from its newest checkpoint.
+    An unchanged re-run reuses every finished stage (--no-cache runs them all)."""
     try:
         from components.settings import load_settings
 
@@ -109,19 +121,31 @@ def retrain(
             from components.train.distributed import check_nproc
 
             check_nproc(nproc, nnodes)
+        from components.servers import prepare_prefect_env
+
+        prepare_prefect_env()  # before Prefect is imported: a patient temporary server
         from flows.retrain import retrain_flow
 
         summary = retrain_flow(profile=settings.profile, run_dir=str(target), start=start,
                                stop=stop, progress=progress, nproc=nproc, nnodes=nnodes,
                                node_rank=node_rank, rdzv_endpoint=rdzv_endpoint,
-                               restart=restart)
+                               restart=restart, cache=cache)
     except AmaliaError as exc:
         _fail(exc)
+    except RuntimeError as exc:  # Prefect's temporary server did not come up
+        from components.servers import ephemeral_failure
+
+        if (failure := ephemeral_failure(exc)) is None:
+            raise
+        _fail(failure)
     _print_summary(summary)
 
 
 def _print_summary(summary: dict) -> None:
     run_dir = Path(summary["run_dir"])
+    if summary.get("reused"):
+        console.print(f"reused unchanged stages: {', '.join(summary['reused'])} "
+                      "(--no-cache runs them again)")
     results_path = run_dir / "evaluate" / "results.json"
     if results_path.exists():
         results = json.loads(results_path.read_text())
@@ -190,22 +214,78 @@ def stage(
 
 @app.command()
 def promote(
-    name: str = typer.Option("amalia-vl", help="registered model name"),
-    metric: str = typer.Option("eval.mean_score", help="version tag compared"),
-    force: bool = typer.Option(False, help="promote even if the metric does not improve"),
+    name: str | None = typer.Option(None, help="registered model name (default: "
+                                    "register.model_name)"),
+    force: bool = typer.Option(False, help="promote even if the gate refuses (needs --reason)"),
+    reason: str | None = typer.Option(None, help="why a --force promotion is needed "
+                                      "(recorded with who and when in the version tags)"),
+    profile: str | None = ProfileOpt,
 ) -> None:
-    """Gated promotion: point `champion` at `challenger` only if it scores better."""
+    """Gated promotion: point `champion` at `challenger` only if a paired bootstrap over
+    both versions' per-sample scores says it is better (params.yaml `register.gate`)."""
     try:
         from components.registry import promote as do_promote
+        from components.settings import load_settings
 
-        decision = do_promote(name, metric=metric, force=force)
+        reg = load_settings(profile).register_
+        decision = do_promote(name or reg.model_name, from_alias=reg.alias,
+                              to_alias=reg.champion_alias, force=force, reason=reason,
+                              gate=reg.gate)
     except AmaliaError as exc:
         _fail(exc)
+    if decision.gate is not None:
+        _print_gate(decision)
     colour = "green" if decision.promoted else "yellow"
     verdict = "promoted" if decision.promoted else "kept"
     console.print(f"[{colour}]{verdict}[/]: {decision.reason} "
                   f"(challenger v{decision.challenger_version}, "
-                  f"champion before v{decision.champion_version_before})")
+                  f"champion before v{decision.champion_version_before})", highlight=False)
+
+
+def _print_gate(decision) -> None:
+    """The gate's per-task table: champion, challenger, delta, CI, verdict."""
+    g = decision.gate
+    table = Table(title=f"gate: champion v{decision.champion_version_before} vs challenger "
+                        f"v{decision.challenger_version}: paired bootstrap, {g.resamples} "
+                        f"resamples, {g.confidence:.0%} CI, margin {g.margin:.3f}, max task "
+                        f"drop {g.max_task_drop:.3f}")
+    for col in ("task", "n", "champion", "challenger", "delta", "CI", "verdict"):
+        table.add_column(col, justify="left" if col in ("task", "verdict") else "right",
+                         no_wrap=col in ("CI", "delta", "verdict"))
+
+    def num(x, sign=""):
+        return "-" if x is None else f"{x:{sign}.3f}"
+
+    def interval(lo, hi):
+        return "-" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
+
+    for t in g.tasks:
+        verdict = f"[green]{t.verdict}[/]" if t.ok else f"[red]{t.verdict}[/]"
+        table.add_row(t.task, str(t.n), num(t.champion), num(t.challenger), num(t.delta, "+"),
+                      interval(t.ci_low, t.ci_high), verdict)
+    table.add_row("mean", "", "", "", num(g.mean_delta, "+"), interval(g.ci_low, g.ci_high),
+                  "[green]passes[/]" if g.passed else "[red]refused[/]")
+    console.print(table)
+
+
+@app.command()
+def rollback(
+    name: str | None = typer.Option(None, help="registered model name (default: "
+                                    "register.model_name)"),
+    reason: str | None = typer.Option(None, help="why (recorded in the version tags)"),
+    profile: str | None = ProfileOpt,
+) -> None:
+    """Point `champion` back at the version it replaced (the promotion history)."""
+    try:
+        from components.registry import rollback as do_rollback
+        from components.settings import load_settings
+
+        reg = load_settings(profile).register_
+        result = do_rollback(name or reg.model_name, alias=reg.champion_alias, reason=reason)
+    except AmaliaError as exc:
+        _fail(exc)
+    console.print(f"[green]rolled back[/]: {result.alias} of {result.model_name} is "
+                  f"v{result.to_version} again (was v{result.from_version})", highlight=False)
 
 
 @app.command()
@@ -345,6 +425,65 @@ def eval_tasks_export(
     console.print(f"wrote {len(files)} files to {out_dir}; run: lmms-eval --model llava_hf "
                   f"--model_args pretrained=<model folder> --include_path {out_dir} "
                   f"--tasks amalia_vl_suite")
+
+
+StateDirOpt = typer.Option(None, "--state-dir", help="pid files, logs, databases (default: "
+                           "$AMALIA_HOME, else .amalia/ in the repo)")
+
+
+def _print_servers(infos) -> None:
+    table = Table()
+    for col in ("server", "state", "pid", "url", "healthy"):
+        table.add_column(col)
+    for i in infos:
+        table.add_row(i.name, i.state, str(i.pid or "-"), i.url,
+                      "yes" if i.healthy else "no")
+    console.print(table)
+
+
+@server_app.command("start")
+def server_start(
+    prefect_port: int = typer.Option(4200, "--prefect-port", help="Prefect API and UI port"),
+    mlflow_port: int = typer.Option(5000, "--mlflow-port", help="MLflow tracking and UI port"),
+    timeout: float = typer.Option(300, "--timeout", help="seconds to wait for each health "
+                                  "check (a first start migrates the databases)"),
+    state_dir: Path | None = StateDirOpt,
+) -> None:
+    """Start Prefect (UI + API at http://127.0.0.1:PORT) and MLflow in the background and
+    wait until both are healthy; then export the two lines it prints."""
+    from components.servers import start
+
+    try:
+        infos = start(state_dir, ports={"prefect": prefect_port, "mlflow": mlflow_port},
+                      timeout=timeout)
+    except AmaliaError as exc:
+        _fail(exc)
+    _print_servers(infos)
+    console.print("UIs: " + "  ".join(f"{i.name} {i.url}" for i in infos), highlight=False)
+    console.print("use them from this shell (or put them in your profile):", highlight=False)
+    for i in infos:
+        typer.echo(f"export {i.env_line}")
+
+
+@server_app.command("status")
+def server_status(state_dir: Path | None = StateDirOpt) -> None:
+    """Each server: running or stopped, pid, URL, whether it answers its health check."""
+    from components.servers import status
+
+    infos = status(state_dir)
+    _print_servers(infos)
+    for i in infos:
+        if i.state == "running":
+            typer.echo(f"export {i.env_line}")
+
+
+@server_app.command("stop")
+def server_stop(state_dir: Path | None = StateDirOpt) -> None:
+    """Terminate both servers (their whole process groups) and remove the pid files."""
+    from components.servers import stop
+
+    for name, outcome in stop(state_dir).items():
+        console.print(f"{name}: {outcome}", highlight=False)
 
 
 @app.command("stages")

@@ -108,6 +108,12 @@ def write_manifest(
     return manifest
 
 
+def write_manifest_file(stage_dir: Path, manifest: dict[str, Any]) -> None:
+    """Rewrite `<stage_dir>/manifest.json` with `manifest` (e.g. with the MLflow run id
+    added after the stage finished; the outputs it lists are unchanged)."""
+    (Path(stage_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+
+
 def read_manifest(run_dir: Path, stage: str, needed_by: str | None = None) -> dict[str, Any]:
     """The manifest of a finished stage, or a `MissingInputError` naming the fix."""
     path = run_dir / stage / MANIFEST

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from components.manifest import read_manifest
+from components.manifest import read_manifest, write_manifest_file
 from components.settings import Settings
 from components.stages import ORDER, run_stage
 from components.train.distributed import Launch
@@ -46,14 +46,9 @@ def run_tracked_stage(
     from components.train.distributed import TRAINING_STAGES, launch_stage, needs_torchrun
 
     run_dir = Path(run_dir)
-    key = _cache_key(name, settings, run_dir) if cache and not restart else None
-    hit = stage_cache.lookup(name, key, run_dir) if key else None
-    if hit is not None and name == "register" and not _alias_still_set(hit.stage_dir):
-        hit = None  # another version took the alias since: register this one again
-    if hit is not None:
-        manifest = stage_cache.materialise(hit, name, run_dir)
-        _tag_reuse(parent_run_id, name, hit.mlflow_run_id)
-        manifest["mlflow_run_id"] = hit.mlflow_run_id
+    key, manifest = reuse_cached(name, settings, run_dir, parent_run_id) \
+        if cache and not restart else (None, None)
+    if manifest is not None:
         return manifest
     if needs_torchrun(name, launch, settings.engine.strategy):
         launch_stage(name, run_dir, launch or Launch(), profile=settings.profile,
@@ -75,9 +70,28 @@ def run_tracked_stage(
         output, manifest = run_stage(name, settings, run_dir, tracked.log_metrics, progress)
         tracked.finish(run_dir / name, output, manifest)
     manifest["mlflow_run_id"] = tracked.run_id
+    write_manifest_file(run_dir / name, manifest)  # the run id too, for workers' callers
     if key:
         stage_cache.record(name, key, run_dir, tracked.run_id)
     return manifest
+
+
+def reuse_cached(name: str, settings: Settings, run_dir: Path, parent_run_id: str | None
+                 ) -> tuple[str | None, dict[str, Any] | None]:
+    """(cache key, manifest of the reused stage or None): a finished stage of an earlier
+    run with this stage's key, linked into `run_dir` (`components.stage_cache`)."""
+    from components import stage_cache
+
+    key = _cache_key(name, settings, run_dir)
+    hit = stage_cache.lookup(name, key, run_dir) if key else None
+    if hit is not None and name == "register" and not _alias_still_set(hit.stage_dir):
+        hit = None  # another version took the alias since: register this one again
+    if hit is None:
+        return key, None
+    manifest = stage_cache.materialise(hit, name, run_dir)
+    _tag_reuse(parent_run_id, name, hit.mlflow_run_id)
+    manifest["mlflow_run_id"] = hit.mlflow_run_id
+    return key, manifest
 
 
 def _cache_key(name: str, settings: Settings, run_dir: Path) -> str | None:

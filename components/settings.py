@@ -294,13 +294,65 @@ class EvaluateSettings(_Section):
                                                 "(evaluate/_cache/) after the stage")
 
 
+class GateSettings(_Section):
+    """When `amalia-vl promote` may move `champion` to the challenger (issue #10).
+
+    Judged by a paired bootstrap over the per-sample scores both versions logged at
+    registration, matched by (task, id): items are resampled with replacement within each
+    task, `resamples` times, seeded by `seed`. Differences are in units of each task's
+    scale (1 = the best possible score), averaged over tasks like `mean_score`. Promote
+    only when the lower end of the `confidence` interval of the mean difference (challenger
+    - champion) is above `margin`, and, for every gated task, the lower end of its own
+    interval is at least `-max_task_drop`.
+    """
+
+    tasks: list[str] = Field([], description="gated tasks; empty: every task both versions "
+                             "were evaluated on")
+    margin: float = Field(0.0, ge=0.0, description="the mean improvement's CI must clear it")
+    max_task_drop: float = Field(0.05, ge=0.0, le=1.0, description="no task's CI may reach "
+                                 "below -max_task_drop")
+    resamples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    seed: int = 0
+
+
 class RegisterSettings(_Section):
     model_name: str = "amalia-vl"
     alias: str = "challenger"
+    champion_alias: str = "champion"
+    gate: GateSettings = GateSettings()
 
 
 class TrackingSettings(_Section):
     experiment: str = "amalia-vl"
+
+
+class OrchestrationSettings(_Section):
+    """Where the retrain flow runs its stages (`orchestration:` in params.yaml).
+
+    - `training_deployment`: a Prefect deployment name, `{stage}` filled in (e.g.
+      `amalia-vl-stage/{stage}-gpu`): align, sft and dpo then run as flow runs of that
+      deployment, on its work pool (the GPU pool), instead of in the flow's process; null =
+      every stage in the flow's process (the default, and what runs locally).
+    - `run_store`: `s3://bucket/prefix` through which stage outputs travel between the flow
+      and those workers (content-addressed, `components.run_store`); required with a
+      `training_deployment` (no shared disk is assumed).
+    - `s3_endpoint_url`: for MinIO / a moto server (else AWS_ENDPOINT_URL_S3).
+    - `stage_timeout_s`: how long the flow waits for one dispatched stage.
+    """
+
+    training_deployment: str | None = None
+    run_store: str | None = None
+    s3_endpoint_url: str | None = None
+    stage_timeout_s: int = Field(7 * 24 * 3600, ge=60)
+
+    def model_post_init(self, _ctx: Any) -> None:
+        if self.training_deployment and not self.run_store:
+            raise ValueError("orchestration.training_deployment needs orchestration.run_store "
+                             "(s3://bucket/prefix): stage outputs travel through it")
+        if self.run_store and not self.run_store.startswith("s3://"):
+            raise ValueError(f"orchestration.run_store must be an s3:// URI, not "
+                             f"{self.run_store!r}")
 
 
 class SyntheticSettings(_Section):
@@ -327,6 +379,7 @@ class Settings(_Section):
     register_: RegisterSettings = Field(RegisterSettings(), alias="register")
     tracking: TrackingSettings = TrackingSettings()
     synthetic: SyntheticSettings = SyntheticSettings()
+    orchestration: OrchestrationSettings = OrchestrationSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

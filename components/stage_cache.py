@@ -119,6 +119,7 @@ def stage_key(name: str, settings: Settings, run_dir: Path) -> str:
             (dump.get(section) or {}).pop(f, None)
     if name != "register":  # only register writes to the tracking server
         dump.pop("tracking", None)
+    dump.pop("orchestration", None)  # where a stage runs, not what it produces
     upstream = {req: read_manifest(run_dir, req, needed_by=name)["outputs_digest"]
                 for req in get_spec(name).requires}
     blob = {"stage": name, "code": code_digest(), "settings": dump, "upstream": upstream}

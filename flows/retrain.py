@@ -7,7 +7,9 @@ opens its nested run by naming the parent explicitly, so tasks may run on other 
 Prefect markdown artifact.
 
 Run it with `amalia-vl retrain` (local, ephemeral Prefect server unless PREFECT_API_URL is
-set) or deploy it to a work pool (see README "Scale out").
+set) or deploy it to a work pool (see README "Scale out"). With
+`orchestration.training_deployment` the training stages run as flow runs of that
+deployment on its work pool (`flows/remote.py`), their data through the run store (S3).
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.context import get_run_context
+from prefect.states import Failed
 
 from components.manifest import new_run_dir
 from components.pipeline import run_tracked_stage, stages_from
 from components.settings import load_settings
 from components.tracking import parent_run
-from components.train.distributed import Launch
+from components.train.distributed import TRAINING_STAGES, Launch
 
 # Training stages may hit transient worker faults (preemption, NCCL timeouts) on GPU pools;
 # every stage may meet a storage/tracking server that is briefly down. Those are retried
@@ -53,13 +56,13 @@ def transient_only(task, task_run, state) -> bool:
 def stage_task(
     name: str, profile: str, params_path: str | None, run_dir: str,
     parent_run_id: str | None, progress: bool, launch: dict[str, Any] | None = None,
-    restart: bool = False, cache: bool = True,
+    restart: bool = False, cache: bool = True, inputs: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run one pipeline stage (settings re-read so the task is self-contained). Training
     stages run on `launch` (torchrun: processes per node, nodes, rendezvous) and resume
     from their checkpoints on a retry. With `cache`, a stage whose inputs match a finished
     stage of an earlier run reuses it (`components.stage_cache`)."""
-    settings = load_settings(profile, params_path)
+    settings = load_settings(profile, params_path, overrides=input_overrides(inputs))
     # a retry after a worker fault resumes from the checkpoints the first try left
     first_try = getattr(getattr(get_run_context(), "task_run", None), "run_count", 1) <= 1
     manifest = run_tracked_stage(name, settings, Path(run_dir), parent_run_id, progress,
@@ -70,6 +73,55 @@ def stage_task(
     get_run_logger().info("stage %s %s: counts=%s", name,
                           f"reused from {reused}" if reused else "done", manifest["counts"])
     return manifest
+
+
+@task(task_run_name="{name} (dispatched)", retry_condition_fn=transient_only)
+def dispatched_stage_task(
+    name: str, profile: str, params_path: str | None, run_dir: str,
+    parent_run_id: str | None, launch: dict[str, Any] | None = None,
+    restart: bool = False, cache: bool = True, inputs: list[str] | None = None,
+) -> dict[str, Any]:
+    """A training stage as a flow run of `orchestration.training_deployment` (the GPU
+    pool): reused from the cache when unchanged, else its inputs pushed to the run store,
+    the deployment run and awaited, its outputs pulled back (`components.dispatch`)."""
+    from prefect.deployments import run_deployment
+
+    from components.dispatch import after_dispatch, before_dispatch
+    from components.errors import AmaliaError
+    from components.pipeline import reuse_cached
+
+    settings = load_settings(profile, params_path, overrides=input_overrides(inputs))
+    run_path = Path(run_dir)
+    logger = get_run_logger()
+    key, manifest = reuse_cached(name, settings, run_path, parent_run_id) \
+        if cache and not restart else (None, None)
+    if manifest is not None:
+        logger.info("stage %s reused from %s", name, manifest["cache"]["reused_from"])
+        return manifest
+    pushed = before_dispatch(name, settings, run_path)
+    deployment = settings.orchestration.training_deployment.format(stage=name)
+    launch = launch or {}
+    logger.info("stage %s -> deployment %s (inputs pushed: %s)", name, deployment, pushed)
+    flow_run = run_deployment(
+        name=deployment, timeout=settings.orchestration.stage_timeout_s,
+        parameters={"name": name, "run_name": run_path.name, "profile": profile,
+                    "params_path": params_path, "parent_run_id": parent_run_id,
+                    # 1: the pool decides (AMALIA_NPROC from its job template)
+                    "nproc": launch.get("nproc") if launch.get("nproc", 1) > 1 else None,
+                    "nnodes": launch.get("nnodes", 1),
+                    "restart": restart})
+    state = flow_run.state
+    if state is None or not state.is_completed():
+        raise AmaliaError(
+            f"stage {name}: flow run {flow_run.name} of {deployment} ended "
+            f"{state.name if state else 'without a state'}: "
+            f"{(state.message if state else '') or 'see its logs in the Prefect UI'}")
+    return after_dispatch(name, settings, run_path, key)
+
+
+def input_overrides(inputs: list[str] | None) -> dict[str, Any] | None:
+    """Settings overrides for data `inputs` (validate's `ingest.inputs`), if any."""
+    return {"ingest": {"inputs": list(inputs)}} if inputs else None
 
 
 @flow(name="amalia-vl-retrain")
@@ -86,20 +138,47 @@ def retrain_flow(
     rdzv_endpoint: str | None = None,
     restart: bool = False,
     cache: bool = True,
-) -> dict[str, Any]:
+    inputs: list[str] | None = None,
+) -> Any:
     """Full retrain on `profile` into `run_dir` (new under runs/ by default).
 
-    `cache`: stages whose code, settings, upstream outputs and data are unchanged since an
-    earlier run reuse that run's outputs and MLflow run (`components.stage_cache`).
-
-    `nproc`/`nnodes`/`node_rank`/`rdzv_endpoint`: how the training stages are launched
-    (torchrun); `restart`: discard training checkpoints instead of resuming from them.
-
-    `start`/`stop` restrict the chain (e.g. start=sft re-runs from sft on an existing
-    run directory). Returns a summary: run dir, MLflow parent run, per-stage counts,
-    evaluation results and the registration.
+    `inputs`: data sources to validate instead of `data_dir` (`[FORMAT:]LOCATION[?..]`, as
+    `amalia-vl stage validate --input`). `nproc`/`nnodes`/`node_rank`/`rdzv_endpoint`:
+    how the training stages are launched (torchrun); `restart`: discard training
+    checkpoints instead of resuming from them; `cache`: reuse unchanged finished stages of
+    earlier runs (`components.stage_cache`). `start`/`stop` restrict the chain (e.g.
+    start=sft re-runs from sft on an existing run directory). Returns a summary: run dir,
+    MLflow parent run, per-stage counts, evaluation results and the registration. An
+    expected failure (unknown profile, missing input, bad data) ends the run Failed with
+    its one-line message (and raises it to a direct caller, as the CLI).
     """
-    settings = load_settings(profile, params_path)
+    from components.errors import AmaliaError
+
+    try:
+        return _retrain(profile, run_dir, params_path, start, stop, progress, nproc, nnodes,
+                        node_rank, rdzv_endpoint, restart, cache, inputs)
+    except AmaliaError as exc:
+        get_run_logger().error("%s", exc)
+        return Failed(message=str(exc), data=exc)
+
+
+def _retrain(
+    profile: str | None = None,
+    run_dir: str | None = None,
+    params_path: str | None = None,
+    start: str | None = None,
+    stop: str | None = None,
+    progress: bool = True,
+    nproc: int = 1,
+    nnodes: int = 1,
+    node_rank: int | None = None,
+    rdzv_endpoint: str | None = None,
+    restart: bool = False,
+    cache: bool = True,
+    inputs: list[str] | None = None,
+) -> dict[str, Any]:
+    """The body of `retrain_flow` (see there)."""
+    settings = load_settings(profile, params_path, overrides=input_overrides(inputs))
     run_path = Path(run_dir) if run_dir else new_run_dir(Path(settings.runs_dir))
     run_path.mkdir(parents=True, exist_ok=True)
     logger = get_run_logger()
@@ -110,10 +189,16 @@ def retrain_flow(
     manifests: dict[str, dict[str, Any]] = {}
     with parent_run(settings, run_path) as parent_id:
         for name in stages_from(start, stop):
-            runner = stage_task.with_options(retries=RETRIES.get(name, DEFAULT_RETRIES),
-                                             retry_delay_seconds=RETRY_DELAYS_S)
-            manifests[name] = runner(name, settings.profile, params_path, str(run_path),
-                                     parent_id, progress, launch, restart, cache)
+            options = {"retries": RETRIES.get(name, DEFAULT_RETRIES),
+                       "retry_delay_seconds": RETRY_DELAYS_S}
+            if name in TRAINING_STAGES and settings.orchestration.training_deployment:
+                manifests[name] = dispatched_stage_task.with_options(**options)(
+                    name, settings.profile, params_path, str(run_path), parent_id, launch,
+                    restart, cache, inputs)
+                continue
+            manifests[name] = stage_task.with_options(**options)(
+                name, settings.profile, params_path, str(run_path), parent_id, progress,
+                launch, restart, cache, inputs)
         results_md = run_path / "evaluate" / "results.md"
         if results_md.exists():
             create_markdown_artifact(
