@@ -28,6 +28,19 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
 
 
+def run_link(run_id: str) -> str:
+    """Where a person opens MLflow run `run_id`: its page on a tracking server's UI, else
+    the command that opens the local store's UI (markdown)."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        from mlflow import MlflowClient
+
+        experiment = MlflowClient(tracking_uri=uri).get_run(run_id).info.experiment_id
+        return f"[MLflow run {run_id[:8]}]({uri.rstrip('/')}/#/experiments/{experiment}/runs/" \
+            f"{run_id})"
+    return f"MLflow run `{run_id}` (open with `mlflow ui --backend-store-uri {uri}`)"
+
+
 def configure(experiment: str) -> str:
     """Point MLflow at the store and experiment; returns the experiment id."""
     import logging

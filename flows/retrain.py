@@ -26,7 +26,7 @@ from prefect.states import Failed
 from components.manifest import new_run_dir
 from components.pipeline import run_tracked_stage, stages_from
 from components.settings import load_settings
-from components.tracking import parent_run
+from components.tracking import parent_run, run_link
 from components.train.distributed import TRAINING_STAGES, Launch
 
 # Training stages may hit transient worker faults (preemption, NCCL timeouts) on GPU pools;
@@ -203,7 +203,8 @@ def _retrain(
         if results_md.exists():
             create_markdown_artifact(
                 key="amalia-vl-evaluation",
-                markdown=f"# AMALIA-VL evaluation ({run_path.name})\n\n{results_md.read_text()}",
+                markdown=f"# AMALIA-VL evaluation ({run_path.name})\n\n"
+                         f"{run_link(parent_id)}\n\n{results_md.read_text()}",
                 description="Held-out pt-PT task scores: candidate vs previous stage",
             )
         table = run_path / "evaluate" / "table.json"

@@ -213,5 +213,7 @@ def test_prefect_recorded_the_flow_and_artifact(retrained):
 
     runs, artifacts = asyncio.run(fetch())
     assert any(r.state and r.state.is_completed() for r in runs)
-    assert any(a.key == "amalia-vl-evaluation" for a in artifacts)
+    evaluations = [str(a.data) for a in artifacts if a.key == "amalia-vl-evaluation"]
+    # the evaluation table links the MLflow parent run a person would open next
+    assert any(retrained["summary"]["mlflow_parent_run_id"] in data for data in evaluations)
 

@@ -252,8 +252,9 @@ def _promote_in_child(uri: str, cwd: str, alias: str, lock: str, barrier, queue)
     os.environ["MLFLOW_TRACKING_URI"] = uri
     os.chdir(cwd)
     from components import registry
+    from components.registry import promotion
 
-    real_gate, real_alias = registry.paired_bootstrap, MlflowClient.set_registered_model_alias
+    real_gate, real_alias = promotion.paired_bootstrap, MlflowClient.set_registered_model_alias
 
     def slow_gate(*args, **kwargs):
         time.sleep(1.5)
@@ -263,7 +264,7 @@ def _promote_in_child(uri: str, cwd: str, alias: str, lock: str, barrier, queue)
         time.sleep(1.0)
         return real_alias(*args, **kwargs)
 
-    registry.paired_bootstrap = slow_gate
+    promotion.paired_bootstrap = slow_gate  # what promote() calls
     MlflowClient.set_registered_model_alias = slow_alias
     barrier.wait(timeout=120)
     try:
