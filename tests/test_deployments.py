@@ -318,12 +318,16 @@ def test_unknown_profile_fails_the_run_with_one_line(deployed):
      "no 'challenger' alias on model 'nobody'"),
     ("amalia-vl-evaluate/evaluate-only", {"run_dir": "/nonexistent/run", "profile": "ci"},
      "stage 'mix' has not run in /nonexistent/run (needed by 'evaluate')"),
+    ("amalia-vl-retrain/retrain", {"profile": "nope"}, "unknown profile 'nope'"),
+    ("amalia-vl-retrain/retrain", {"profile": "ci", "inputs": ["jsonl:/nonexistent/x.jsonl"]},
+     "input /nonexistent/x.jsonl not found"),
 ])
-def test_promote_and_evaluate_deployments_fail_cleanly_without_inputs(
+def test_promote_evaluate_and_retrain_deployments_fail_cleanly_without_inputs(
         deployed, deployment, parameters, needle):
-    """The promotion and evaluation-only flows run on the worker and refuse, in one line,
-    what they cannot do (no challenger yet; a run dir without the stages evaluate reads)."""
-    if "params_path" not in parameters and deployment.endswith("evaluate-only"):
+    """The promotion, evaluation-only and retrain flows run on the worker and refuse, in
+    one line, what they cannot do (no challenger yet; a run dir without the stages
+    evaluate reads; an unknown profile; a data input that is not there)."""
+    if "params_path" not in parameters and not deployment.endswith("promote"):
         parameters = {**parameters, "params_path": str(deployed["params"])}
     run = _run(deployed, deployment, parameters)
     assert run.state.is_failed(), (run.state, deployed["worker_log"].read_text()[-4000:])
