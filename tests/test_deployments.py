@@ -374,3 +374,21 @@ def test_retrain_dispatches_a_training_stage_with_its_data_through_s3(deployed, 
     with temporary_settings({PREFECT_API_URL: deployed["api"]}), _client() as client:
         runs = [r for r in client.read_flow_runs() if r.name == f"align-{run.name}"]
     assert len(runs) == 1 and runs[0].state.is_completed()
+
+
+@pytest.mark.slow
+def test_retrain_deployment_completes_with_a_registered_challenger(deployed):
+    """The weekly `retrain` deployment, triggered by hand on the `ci` profile, runs the
+    whole chain on the worker and ends with amalia-vl@challenger in the worker's store."""
+    from mlflow import MlflowClient
+
+    run = _run(deployed, "amalia-vl-retrain/retrain",
+               {"profile": "ci", "params_path": str(deployed["params"]),
+                "run_dir": str(deployed["root"] / "weekly")})
+    assert run.state.is_completed(), (run.state, deployed["worker_log"].read_text()[-4000:])
+    registration = json.loads((deployed["root"] / "weekly" / "register" /
+                               "registration.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{deployed['root'] / 'mlflow.db'}")
+    version = client.get_model_version_by_alias(registration["name"], "challenger")
+    assert str(version.version) == str(registration["version"])
+    assert version.tags["amalia.registration"] == "complete"
