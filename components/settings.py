@@ -68,6 +68,12 @@ class ValidateSettings(_Section):
     shard_bytes: int = Field(512 << 20, ge=1 << 20)
     gx_batch_rows: int = Field(20_000, ge=1, description="kept rows per GX validation batch "
                                "and kind (~1 KB of memory each)")
+    # scale-out (flows/validate.py only; the stage itself is one process with `workers`):
+    # contiguous shards of the input mapped over Prefect tasks on Prefect's thread pool, or on
+    # a local Dask cluster of `dask_workers` processes (prefect-dask)
+    shards: int = Field(1, ge=1)
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_workers: int = Field(2, ge=1)
 
 
 class IngestSettings(_Section):
@@ -120,6 +126,8 @@ class TranslateSettings(_Section):
                                                description="null = validate's")
     # scale-out (flows/translate.py only; the stage itself is single-process)
     shards: int = Field(1, ge=1)
+    task_runner: Literal["thread", "dask"] = "thread"  # as validate.task_runner
+    dask_workers: int = Field(2, ge=1)
 
 
 class MixSettings(_Section):

@@ -55,8 +55,12 @@ _AFTER = {
     "register": (),
 }
 LATER_SECTIONS = _AFTER
-# fields that change how a stage reports, not what it produces
-_REPORTING = {"train": {"logging_steps", "dataloader_workers", "ddp_timeout_s"}}
+# fields that change how a stage runs or reports, not what it produces
+_REPORTING = {
+    "train": {"logging_steps", "dataloader_workers", "ddp_timeout_s"},
+    "validate": {"workers", "start_method", "shards", "task_runner", "dask_workers"},
+    "translate": {"shards", "task_runner", "dask_workers"},
+}
 
 
 @lru_cache(maxsize=1)

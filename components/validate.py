@@ -49,6 +49,12 @@ HTML Data Docs to `<out>/gx_docs/`. Finally, when `quarantined / total >
 max_quarantine_ratio` (or nothing was read) the stage raises `DataQualityError`; every
 report is written first. An input file that cannot be parsed at all raises `AmaliaError`
 naming the file and the line.
+
+At scale, `flows/validate.py` cuts the input stream into contiguous chunk ranges validated
+by parallel Prefect tasks and merges them into this same layout
+(`components.validation.shards`); the order-dependent checks (`duplicate_id`,
+`duplicate_record`) go through `SeenKeys` in input order there as here, and the report,
+gate and outputs through `conclude`.
 """
 
 from __future__ import annotations
@@ -259,23 +265,30 @@ class WorkerConfig:
     eval_index: EvalIndex = field(default_factory=EvalIndex)
 
 
-_WORKER: dict[str, Any] = {}
+# per thread: a pool process runs chunks on one thread, and the in-process path of
+# `ordered_map` on its caller's (the shards of the sharded flow may share a process)
+_LOCAL = threading.local()
+
+
+def _worker() -> dict[str, Any]:
+    if not hasattr(_LOCAL, "state"):
+        _LOCAL.state = {}
+    return _LOCAL.state
 
 
 def init_worker(config: WorkerConfig) -> None:
-    _WORKER.clear()
-    _WORKER["config"] = config
+    _LOCAL.state = {"config": config}
 
 
 def _language_identifier(candidates: tuple[str, ...]):
-    key = ("langid", candidates)
-    if key not in _WORKER:
+    key, state = ("langid", candidates), _worker()
+    if key not in state:
         from py3langid.langid import MODEL_FILE, LanguageIdentifier
 
         ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
         ident.set_languages(list(candidates))
-        _WORKER[key] = ident
-    return _WORKER[key]
+        state[key] = ident
+    return state[key]
 
 
 class Parsed(NamedTuple):
@@ -555,7 +568,7 @@ def gx_facts(rec: Record, facts: list[ImageFacts], p_pt: float | None) -> dict[s
 
 def check_chunk(chunk: list[tuple[int, Item]]) -> list[Outcome]:
     """Worker entry point: the outcomes of one chunk, in order."""
-    config: WorkerConfig = _WORKER["config"]
+    config: WorkerConfig = _worker()["config"]
     cache: dict[str, ImageFacts] = {}  # images shared by records of one chunk decode once
     out = []
     for index, item in chunk:
@@ -591,7 +604,7 @@ def _may_be_test(item: Item, spec: InputSpec) -> bool:
 def hash_eval_chunk(chunk: list[tuple[int, Item]]) -> list[EvalHash]:
     """Worker entry point of the first pass: hashes of the test-split images of a chunk
     (index -1: a bare eval image file, `payload` = its locator)."""
-    config: WorkerConfig = _WORKER["config"]
+    config: WorkerConfig = _worker()["config"]
     out: list[EvalHash] = []
     for index, item in chunk:
         if index < 0:
@@ -620,10 +633,11 @@ def ordered_map(fn: Callable[[Any], Any], chunks: Iterable[Any], config: WorkerC
                 workers: int, start_method: str) -> Iterator[Any]:
     """`fn` over `chunks` in worker processes, results in input order, at most
     `2 * workers + 2` chunks in flight. A single chunk (or `workers == 0`) runs in-process:
-    small inputs do not pay for a pool."""
+    small inputs do not pay for a pool; so does a daemonic process (e.g. a Dask worker left
+    at `distributed.worker.daemon: true`), which may not start children."""
     it = iter(chunks)
     head = [c for c in (next(it, None), next(it, None)) if c is not None]
-    if workers <= 0 or len(head) < 2:
+    if workers <= 0 or len(head) < 2 or multiprocessing.current_process().daemon:
         init_worker(config)
         for chunk in head:
             yield fn(chunk)
@@ -824,6 +838,11 @@ def add_suite_expectations(gx: Any, suite: Any, name: str, cfg: ValidateSettings
                                                               value_set=[True]))
 
 
+# One GX call at a time per process: shards of the sharded flow on Prefect's thread runner
+# each hold a context, and GX does not promise thread safety.
+_GX_LOCK = threading.RLock()
+
+
 class GxRunner:
     """Great Expectations 1.x over the kept records: one suite per kind, a checkpoint per
     suite that updates HTML Data Docs in `docs_dir`, batches of at most `gx_batch_rows`.
@@ -857,6 +876,10 @@ class GxRunner:
             raise self._error
 
     def _setup(self, settings: Settings, docs_dir: Path) -> None:
+        with _GX_LOCK:
+            self._setup_locked(settings, docs_dir)
+
+    def _setup_locked(self, settings: Settings, docs_dir: Path) -> None:
         os.environ["GX_ANALYTICS_ENABLED"] = "false"  # no network here; before the import
         import great_expectations as gx  # slow import: only when the stage runs
         from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -901,7 +924,8 @@ class GxRunner:
         self._ready()
 
         frame = pd.DataFrame(rows, columns=list(GX_COLUMNS))
-        result = self._checkpoint(name).run(batch_parameters={"dataframe": frame})
+        with _GX_LOCK:
+            result = self._checkpoint(name).run(batch_parameters={"dataframe": frame})
         for run_result in result.run_results.values():
             as_json = run_result.to_json_dict()
             as_json["suite"] = name
@@ -912,35 +936,42 @@ class GxRunner:
         """Build the Data Docs; the combined result (`success`, `statistics`, `suites`)."""
         self._ready()
         if self.results:
-            self.context.build_data_docs(site_names=["amalia_vl"])
-        stats = Counter()
-        suites: dict[str, dict[str, Any]] = {}
-        for res in self.results:
-            st = res.get("statistics", {})
-            for key in ("evaluated_expectations", "successful_expectations",
-                        "unsuccessful_expectations"):
-                stats[key] += int(st.get(key) or 0)
-            per = suites.setdefault(res["suite"], {"batches": 0, "rows": 0, "success": True,
-                                                   "failed": []})
-            per["batches"] += 1
-            per["rows"] += res["rows"]
-            per["success"] = per["success"] and bool(res.get("success"))
-            for r in res.get("results", []):
-                if not r.get("success"):
-                    cfg = r.get("expectation_config", {})
-                    per["failed"].append({"type": cfg.get("type"),
-                                          "column": cfg.get("kwargs", {}).get("column"),
-                                          "unexpected_count": r.get("result", {}).get(
-                                              "unexpected_count")})
-        evaluated = stats["evaluated_expectations"]
-        return {
-            "success": all(r.get("success") for r in self.results),
-            "statistics": {**stats, "success_percent": (
-                100.0 * stats["successful_expectations"] / evaluated if evaluated else None)},
-            "suites": suites,
-            "docs": "gx_docs/index.html" if self.results else None,
-            "results": self.results,
-        }
+            with _GX_LOCK:
+                self.context.build_data_docs(site_names=["amalia_vl"])
+        return summarise_gx(self.results, "gx_docs/index.html" if self.results else None)
+
+
+def summarise_gx(results: list[dict[str, Any]], docs: str | None) -> dict[str, Any]:
+    """One GX result over the per-batch `results` (each with its `suite` and `rows`):
+    `success`, summed `statistics`, per-`suites` batches, rows and failed expectations."""
+    stats = Counter()
+    suites: dict[str, dict[str, Any]] = {}
+    for res in results:
+        st = res.get("statistics", {})
+        for key in ("evaluated_expectations", "successful_expectations",
+                    "unsuccessful_expectations"):
+            stats[key] += int(st.get(key) or 0)
+        per = suites.setdefault(res["suite"], {"batches": 0, "rows": 0, "success": True,
+                                               "failed": []})
+        per["batches"] += 1
+        per["rows"] += res["rows"]
+        per["success"] = per["success"] and bool(res.get("success"))
+        for r in res.get("results", []):
+            if not r.get("success"):
+                cfg = r.get("expectation_config", {})
+                per["failed"].append({"type": cfg.get("type"),
+                                      "column": cfg.get("kwargs", {}).get("column"),
+                                      "unexpected_count": r.get("result", {}).get(
+                                          "unexpected_count")})
+    evaluated = stats["evaluated_expectations"]
+    return {
+        "success": all(r.get("success") for r in results),
+        "statistics": {**stats, "success_percent": (
+            100.0 * stats["successful_expectations"] / evaluated if evaluated else None)},
+        "suites": suites,
+        "docs": docs,
+        "results": results,
+    }
 
 
 # ----------------------------------------------------------------------------- stage
@@ -987,6 +1018,12 @@ class Sinks:
                "line": o.line}
         self.quarantine.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
+    def facts(self) -> dict[str, Any]:
+        """The report fields the sinks count: `by_kind`, `converted`, `images_decoded`."""
+        return {"by_kind": dict(sorted(self.by_kind.items())),
+                "converted": dict(sorted(self.converted.items())),
+                "images_decoded": self.decoded}
+
     def close(self, run_gx: bool = True) -> list[Path]:
         for fh in (self.quarantine, self.native, self.seed):
             fh.close()
@@ -996,6 +1033,43 @@ class Sinks:
                     self.gx.validate(suite, self.gx_rows[suite])
             self.gx_rows.clear()
         return self.writer.close()
+
+
+@dataclass
+class SeenKeys:
+    """The order-dependent checks: the first record with an id owns it (`duplicate_id`), and a
+    record whose content equals a kept record's is a `duplicate_record`. Fed in input order,
+    by the stage and by the sharded flow alike, so both decide the same."""
+
+    ids: set[int] = field(default_factory=set)
+    records: set[int] = field(default_factory=set)
+
+    def check(self, rejected: bool, id_key: int | None,
+              content_key: int | None) -> list[str]:
+        """The duplicate reasons of the next record (`rejected`: it has reasons of its own);
+        notes its keys."""
+        extra: list[str] = []
+        if id_key is not None:
+            if id_key in self.ids:
+                extra.append("duplicate_id")
+            else:
+                self.ids.add(id_key)
+        if not rejected and not extra and content_key is not None:
+            if content_key in self.records:
+                extra.append("duplicate_record")
+            else:
+                self.records.add(content_key)
+        return extra
+
+
+def settle(o: Outcome, reasons: list[str], sinks: Sinks, tally: Tally) -> None:
+    """Count one record with its final `reasons` and write it where it belongs."""
+    sinks.decoded += o.decoded
+    tally.add(o.source if o.source is not None else "?", reasons)
+    if reasons:
+        sinks.reject(o, reasons)
+    else:
+        sinks.keep(o)
 
 
 def validate_stream(settings: Settings, out: Path, progress: bool = False,
@@ -1010,8 +1084,7 @@ def validate_stream(settings: Settings, out: Path, progress: bool = False,
     out.mkdir(parents=True, exist_ok=True)
     sinks = Sinks(out, settings, gx)
     tally = Tally()
-    seen_ids: set[int] = set()
-    seen_records: set[int] = set()
+    seen = SeenKeys()
     results: Iterable[list[Outcome]] = ordered_map(
         check_chunk, chunked(specs, cfg.chunk_size, settings.ingest.hf_split), config,
         cfg.workers, cfg.start_method)
@@ -1022,23 +1095,8 @@ def validate_stream(settings: Settings, out: Path, progress: bool = False,
     try:
         for outcomes in results:
             for o in outcomes:
-                reasons = list(o.reasons)
-                if o.id_key is not None:
-                    if o.id_key in seen_ids:
-                        reasons.append("duplicate_id")
-                    else:
-                        seen_ids.add(o.id_key)
-                if not reasons and o.content_key is not None:
-                    if o.content_key in seen_records:
-                        reasons.append("duplicate_record")
-                    else:
-                        seen_records.add(o.content_key)
-                sinks.decoded += o.decoded
-                tally.add(o.source if o.source is not None else "?", reasons)
-                if reasons:
-                    sinks.reject(o, reasons)
-                else:
-                    sinks.keep(o)
+                settle(o, [*o.reasons, *seen.check(bool(o.reasons), o.id_key, o.content_key)],
+                       sinks, tally)
     except BaseException:
         sinks.close(run_gx=False)  # e.g. an unparseable input file: no GX on a partial set
         raise
@@ -1052,16 +1110,25 @@ def run(ctx: StageContext) -> StageOutput:
     tally, sinks, specs = validate_stream(settings, out, ctx.progress)
     gx_result = sinks.gx.finish() if sinks.gx is not None else {"success": True,
                                                                 "statistics": {}}
+    return conclude(settings, out, tally, sinks.facts(), specs, gx_result, ctx.log_metrics)
+
+
+def conclude(settings: Settings, out: Path, tally: Tally, facts: dict[str, Any],
+             specs: list[InputSpec], gx_result: dict[str, Any],
+             log_metrics: Callable[[dict[str, float], int | None], None] | None = None,
+             report_extra: dict[str, Any] | None = None) -> StageOutput:
+    """Write `gx_result.json` and `report.json` into `out`, log the metrics, apply the gates
+    (`DataQualityError` when nothing was read or too much was quarantined) and return the
+    stage output. `facts`: `Sinks.facts()` (summed over shards by the sharded flow)."""
     (out / "gx_result.json").write_text(json.dumps(gx_result, indent=2, ensure_ascii=False,
                                                    default=str))
     report = tally.report()
     report.update({
-        "by_kind": dict(sorted(sinks.by_kind.items())),
-        "converted": dict(sorted(sinks.converted.items())),
-        "images_decoded": sinks.decoded,
+        **facts,
         "inputs": [{"location": s.display, "format": s.format, "source": s.source}
                    for s in specs],
         "gx_success": bool(gx_result.get("success")),
+        **(report_extra or {}),
     })
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
@@ -1073,7 +1140,8 @@ def run(ctx: StageContext) -> StageOutput:
         "gx_successful_expectations": float(stats.get("successful_expectations", 0)),
         "gx_success_percent": float(stats.get("success_percent") or 0.0),
     }
-    ctx.log_metrics(metrics, None)
+    if log_metrics is not None:
+        log_metrics(metrics, None)
 
     limit = settings.validate_.max_quarantine_ratio
     where = ", ".join(s.display for s in specs)

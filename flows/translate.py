@@ -11,8 +11,10 @@ stage manifest, so `mix` and later stages read it like a single-process run.
 
 Shard tasks share the content-addressed cache (`translate.cache_dir`): a retried or
 re-run flow only translates texts no shard finished. On one host the default thread
-runner suffices (the GPU backends release the GIL in generate); across hosts give each
-worker its own cache directory and merge them with `TranslationCache.merge_from`.
+runner suffices (the GPU backends release the GIL in generate); `translate.task_runner:
+dask` (or `task_runner=`) runs the shards on a local Dask cluster of
+`translate.dask_workers` processes instead, as `flows/validate.py` does. Across hosts give
+each worker its own cache directory and merge them with `TranslationCache.merge_from`.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
+from prefect.task_runners import TaskRunner
 
 from components.manifest import write_manifest
 from components.settings import load_settings
 from components.stages import check_prerequisites
 from components.translate import SOURCE, quality_gate, stage_output, translate_shard
 from components.translation.shards import merge_shards, split_shards
+from flows.validate import make_task_runner
 
 
 @task(task_run_name="translate-shard-{index}", retries=1)
@@ -47,7 +51,7 @@ def translate_shard_task(index: int, shard: dict[str, Any], out_dir: str,
 
 
 @flow(name="amalia-vl-translate")
-def translate_shards(
+def translate_shards_flow(
     run_dir: str,
     shards: int | None = None,
     profile: str | None = None,
@@ -91,19 +95,41 @@ def translate_shards(
     return report
 
 
+def translate_shards(
+    run_dir: str,
+    shards: int | None = None,
+    profile: str | None = None,
+    params_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    task_runner: str | TaskRunner | None = None,
+) -> dict[str, Any]:
+    """Run `translate_shards_flow` on `task_runner` (`thread`, `dask` or a `TaskRunner`;
+    default `translate.task_runner`, with `translate.dask_workers` processes for `dask`)."""
+    settings = load_settings(profile, params_path, overrides)
+    runner = make_task_runner(task_runner or settings.translate.task_runner,
+                              settings.translate.dask_workers)
+    return translate_shards_flow.with_options(task_runner=runner)(
+        run_dir, shards=shards, profile=profile, params_path=params_path, overrides=overrides)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m flows.translate --run-dir RUN [--shards N] [--profile P]`."""
     import argparse
+    import importlib
     import json
 
     ap = argparse.ArgumentParser(description="Sharded EN -> pt-PT translation (Prefect).")
     ap.add_argument("--run-dir", required=True, help="a run directory where validate ran")
     ap.add_argument("--shards", type=int, default=None, help="default: translate.shards")
+    ap.add_argument("--task-runner", choices=("thread", "dask"), default=None,
+                    help="default: translate.task_runner")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--params", default=None, help="params.yaml path")
     args = ap.parse_args(argv)
-    report = translate_shards(args.run_dir, shards=args.shards, profile=args.profile,
-                              params_path=args.params)
+    # the tasks by their importable module, not `__main__`, so Dask workers import them
+    module = importlib.import_module("flows.translate")
+    report = module.translate_shards(args.run_dir, shards=args.shards, profile=args.profile,
+                                     params_path=args.params, task_runner=args.task_runner)
     print(json.dumps({k: report[k] for k in ("total", "kept", "quarantined", "by_reason",
                                              "shards", "tokens_per_s")}, ensure_ascii=False))
 

@@ -1,0 +1,1 @@
+"""Scale-out of the `validate` stage (`components.validate`): see `shards`."""
