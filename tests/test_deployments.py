@@ -343,7 +343,6 @@ def test_retrain_dispatches_a_training_stage_with_its_data_through_s3(deployed, 
     import boto3
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.retrain import retrain_flow
     from tests.train_helpers import make_mix, overrides, write_params
 
     root = deployed["root"] / "dispatch"
@@ -354,18 +353,18 @@ def test_retrain_dispatches_a_training_stage_with_its_data_through_s3(deployed, 
         "orchestration": {"training_deployment": "amalia-vl-stage-remote/{stage}-local",
                           "run_store": "s3://dispatch-runs/amalia",
                           "s3_endpoint_url": s3_endpoint}})
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{deployed['root'] / 'mlflow.db'}"
-    try:
-        with temporary_settings({PREFECT_API_URL: deployed["api"]}):
-            summary = retrain_flow(params_path=str(params), run_dir=str(run), start="align",
-                                   stop="align", progress=False)
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
-    assert summary["counts"]["align"]["train_samples"] == 8
+    # the retrain runs in its own process: its Prefect log/event workers talk to this
+    # module's server only, and end with that process (not at the session's teardown)
+    code = ("import json, sys; from flows.retrain import retrain_flow; "
+            f"s = retrain_flow(params_path={str(params)!r}, run_dir={str(run)!r}, "
+            "start='align', stop='align', progress=False); print(json.dumps(s['counts']))")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PREFECT_API_URL": deployed["api"], "PYTHONPATH": str(REPO),
+             "MLFLOW_TRACKING_URI": f"sqlite:///{deployed['root'] / 'mlflow.db'}"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert counts["align"]["train_samples"] == 8
     assert (run / "align" / "model" / "config.json").exists()
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
         Bucket="dispatch-runs")["Contents"]]
