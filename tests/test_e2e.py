@@ -7,6 +7,7 @@ registry URI and a gated promotion. Minutes, not seconds: marked `e2e`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -39,15 +40,23 @@ def retrained(tmp_path_factory, prefect_server):
     generate(root / "data", settings)
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), Path.cwd()
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    os.chdir(root)  # MLflow's default artifact root ./mlruns lands here
-    try:
+    with _in_store(uri, root):
         from flows.retrain import retrain_flow
 
         summary = retrain_flow(params_path=str(params_path), run_dir=str(root / "run"),
                                progress=False)
         yield {"root": root, "summary": summary, "uri": uri, "params": params_path}
+
+
+@contextlib.contextmanager
+def _in_store(uri: str, cwd: Path):
+    """MLFLOW_TRACKING_URI = `uri` and the working directory `cwd` (MLflow's default
+    artifact root ./mlruns lands there), both restored afterwards."""
+    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), Path.cwd()
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.chdir(cwd)
+    try:
+        yield
     finally:
         os.chdir(old_cwd)
         if old_uri is None:
@@ -141,18 +150,9 @@ def _retrain_again(retrained, run_name: str, **changes):
         params["base"].setdefault(section, {}).update(values)
     path = retrained["root"] / f"{run_name}.yaml"
     path.write_text(yaml.safe_dump(params, allow_unicode=True))
-    old_uri, old_cwd = os.environ.get("MLFLOW_TRACKING_URI"), Path.cwd()
-    os.environ["MLFLOW_TRACKING_URI"] = retrained["uri"]
-    os.chdir(retrained["root"])
-    try:
+    with _in_store(retrained["uri"], retrained["root"]):
         return retrain_flow(params_path=str(path), run_dir=str(retrained["root"] / run_name),
                             progress=False)
-    finally:
-        os.chdir(old_cwd)
-        if old_uri is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old_uri
 
 
 def test_an_unchanged_rerun_reuses_every_stage_and_a_changed_one_reruns_from_there(
