@@ -205,8 +205,15 @@ def stage(
                                   f"({', '.join(TRAINING_STAGES)}), not '{name}'")
             check_nproc(nproc, nnodes)
         check_prerequisites(name, target, settings)  # fail before MLflow opens a run
-        manifest = run_tracked_stage(name, settings, target, progress=progress,
-                                     restart=restart, launch=launch)
+        from flows.sharded import run_sharded_stage, shard_count
+
+        if shard_count(name, settings) > 1:  # a Prefect flow mapping shards over tasks
+            manifest = run_sharded_stage(name, settings, target, None,
+                                         overrides={"ingest": {"inputs": inputs}}
+                                         if inputs else None, cache=False)
+        else:
+            manifest = run_tracked_stage(name, settings, target, progress=progress,
+                                         restart=restart, launch=launch)
     except AmaliaError as exc:
         _fail(exc)
     console.print(f"[green]{name}[/] done -> {target / name}  counts={manifest['counts']}")

@@ -7,13 +7,20 @@ a training stage on several processes, launches it through torchrun first);
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from components.manifest import read_manifest, write_manifest_file
 from components.settings import Settings
-from components.stages import ORDER, run_stage
+from components.stages import ORDER, MetricLogger, StageOutput, run_stage
 from components.train.distributed import Launch
+
+# How a stage's work is done inside its tracked run: `run_stage` (one process), or a
+# scaled-out equivalent with the same contract (e.g. `flows/sharded.py`: shards mapped over
+# Prefect tasks). Called as runner(name, settings, run_dir, log_metrics, progress).
+StageRunner = Callable[[str, Settings, Path, MetricLogger, bool],
+                       tuple[StageOutput, dict[str, Any]]]
 
 
 def run_tracked_stage(
@@ -26,8 +33,12 @@ def run_tracked_stage(
     launch: Launch | None = None,
     params_path: str | None = None,
     cache: bool = False,
+    runner: StageRunner | None = None,
 ) -> dict[str, Any]:
     """Run one stage inside its MLflow run; returns the stage manifest.
+
+    `runner` does the stage's work (default `run_stage`; a data stage may be given a
+    sharded one): caching and tracking are the same either way.
 
     With `cache`, a stage whose key (`components.stage_cache`: code, the settings that can
     affect it, upstream outputs, data) matches a finished stage of an earlier run is not
@@ -67,7 +78,8 @@ def run_tracked_stage(
     with stage_run(settings, name, run_dir, parent_run_id, resume_run_id=resume_id) as tracked:
         if name in TRAINING_STAGES:
             checkpoints.remember_mlflow_run(ckpt_dir, tracked.run_id)
-        output, manifest = run_stage(name, settings, run_dir, tracked.log_metrics, progress)
+        output, manifest = (runner or run_stage)(name, settings, run_dir, tracked.log_metrics,
+                                                 progress)
         tracked.finish(run_dir / name, output, manifest)
     manifest["mlflow_run_id"] = tracked.run_id
     write_manifest_file(run_dir / name, manifest)  # the run id too, for workers' callers

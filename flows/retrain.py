@@ -4,7 +4,8 @@ Each stage is a Prefect task calling `components.pipeline.run_tracked_stage`, th
 function the CLI and `dvc.yaml` use. The flow opens one MLflow parent run; every task
 opens its nested run by naming the parent explicitly, so tasks may run on other workers
 (Prefect work pools) later without changing this file. The evaluation table becomes a
-Prefect markdown artifact.
+Prefect markdown artifact. With `validate.shards` / `translate.shards` above 1 those
+stages run as sharded subflows (`flows/sharded.py`).
 
 Run it with `amalia-vl retrain` (local, ephemeral Prefect server unless PREFECT_API_URL is
 set) or deploy it to a work pool (see README "Scale out"). With
@@ -28,6 +29,7 @@ from components.pipeline import run_tracked_stage, stages_from
 from components.settings import load_settings
 from components.tracking import parent_run, run_link
 from components.train.distributed import TRAINING_STAGES, Launch
+from flows.sharded import run_sharded_stage, shard_count
 
 # Training stages may hit transient worker faults (preemption, NCCL timeouts) on GPU pools;
 # every stage may meet a storage/tracking server that is briefly down. Those are retried
@@ -191,6 +193,11 @@ def _retrain(
         for name in stages_from(start, stop):
             options = {"retries": RETRIES.get(name, DEFAULT_RETRIES),
                        "retry_delay_seconds": RETRY_DELAYS_S}
+            if shard_count(name, settings) > 1:
+                manifests[name] = run_sharded_stage(
+                    name, settings, run_path, parent_id, params_path,
+                    input_overrides(inputs), cache)
+                continue
             if name in TRAINING_STAGES and settings.orchestration.training_deployment:
                 manifests[name] = dispatched_stage_task.with_options(**options)(
                     name, settings.profile, params_path, str(run_path), parent_id, launch,

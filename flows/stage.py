@@ -30,6 +30,7 @@ from components.pipeline import run_tracked_stage
 from components.settings import load_settings
 from components.stages import check_prerequisites, get_spec
 from components.train.distributed import TRAINING_STAGES, Launch
+from flows.sharded import run_sharded_stage, shard_count
 
 NPROC_ENV = "AMALIA_NPROC"
 
@@ -82,8 +83,13 @@ def run_one(
                               f"({', '.join(TRAINING_STAGES)}), not '{name}'")
         check_nproc(launch.nproc, launch.nnodes)
     check_prerequisites(name, run_path, settings)  # fail before MLflow opens a run
-    manifest = run_tracked_stage(name, settings, run_path, None, progress, restart=restart,
-                                 launch=launch, params_path=params_path, cache=cache)
+    if shard_count(name, settings) > 1:
+        manifest = run_sharded_stage(name, settings, run_path, None, params_path,
+                                     merged or None, cache)
+    else:
+        manifest = run_tracked_stage(name, settings, run_path, None, progress,
+                                     restart=restart, launch=launch,
+                                     params_path=params_path, cache=cache)
     get_run_logger().info("stage %s done -> %s counts=%s", name, run_path / name,
                           manifest["counts"])
     return {"stage": name, "run_dir": str(run_path), "profile": settings.profile,

@@ -29,8 +29,8 @@ from prefect import flow, get_run_logger, task, unmapped
 from prefect.task_runners import TaskRunner
 
 from components.manifest import write_manifest
-from components.settings import load_settings
-from components.stages import check_prerequisites
+from components.settings import Settings, load_settings
+from components.stages import StageOutput, check_prerequisites
 from components.translate import SOURCE, quality_gate, stage_output, translate_shard
 from components.translation.shards import merge_shards, split_shards
 from flows.validate import make_task_runner
@@ -50,20 +50,14 @@ def translate_shard_task(index: int, shard: dict[str, Any], out_dir: str,
     return report
 
 
-@flow(name="amalia-vl-translate")
-def translate_shards_flow(
-    run_dir: str,
-    shards: int | None = None,
-    profile: str | None = None,
-    params_path: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Translate the validated seed of `run_dir` in `shards` shards (default
-    `translate.shards`); returns the merged report."""
-    settings = load_settings(profile, params_path, overrides)
-    run_path = Path(run_dir)
+def translate_in_shards(run_path: Path, settings: Settings, shards: int,
+                        params_path: str | None = None,
+                        overrides: dict[str, Any] | None = None
+                        ) -> tuple[StageOutput, dict[str, Any], dict[str, Any]]:
+    """The translate stage into `<run_path>/translate/` in `shards` shards mapped over the
+    current flow's task runner; returns (stage output, manifest, merged report). Must run
+    inside a flow: `translate_shards_flow`, or the retrain's sharded stage."""
     inputs = check_prerequisites("translate", run_path, settings)
-    n = shards or settings.translate.shards
     stage_dir = run_path / "translate"
     work = run_path / "translate.shards"
     for path in (stage_dir, work):
@@ -72,7 +66,7 @@ def translate_shards_flow(
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     logger = get_run_logger()
 
-    pieces = split_shards(run_path / "validate" / "seed_en.jsonl", n, work / "in")
+    pieces = split_shards(run_path / "validate" / "seed_en.jsonl", shards, work / "in")
     logger.info("translate: %d shards of %s records, backend %s", len(pieces),
                 [p["records"] for p in pieces], settings.translate.backend)
     t0 = time.perf_counter()
@@ -87,11 +81,29 @@ def translate_shards_flow(
     shutil.rmtree(work)
     quality_gate(report, settings, stage_dir)
     output = stage_output(report, settings)
-    write_manifest(stage_dir, "translate", inputs=inputs, counts=output.counts,
-                   metrics=output.metrics, config_digest=settings.digest(), started=started,
-                   extra={"profile": settings.profile, "shards": len(pieces)})
+    manifest = write_manifest(
+        stage_dir, "translate", inputs=inputs, counts=output.counts, metrics=output.metrics,
+        config_digest=settings.digest(), started=started,
+        extra={"profile": settings.profile, "shards": len(pieces)})
     logger.info("translate: %d/%d kept, %.0f source tokens/s over %d shards",
                 report["kept"], report["total"], report["tokens_per_s"], len(pieces))
+    return output, manifest, report
+
+
+@flow(name="amalia-vl-translate")
+def translate_shards_flow(
+    run_dir: str,
+    shards: int | None = None,
+    profile: str | None = None,
+    params_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Translate the validated seed of `run_dir` in `shards` shards (default
+    `translate.shards`); returns the merged report."""
+    settings = load_settings(profile, params_path, overrides)
+    _, _, report = translate_in_shards(Path(run_dir), settings,
+                                       shards or settings.translate.shards, params_path,
+                                       overrides)
     return report
 
 

@@ -33,8 +33,8 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from components.errors import ConfigError
 from components.manifest import write_manifest
-from components.settings import load_settings
-from components.stages import check_prerequisites
+from components.settings import Settings, load_settings
+from components.stages import MetricLogger, StageOutput, check_prerequisites
 from components.validation.shards import (
     check_shard,
     find_duplicates,
@@ -95,20 +95,15 @@ def finish_shard_task(index: int, work: str, profile: str | None, params_path: s
     return report
 
 
-@flow(name="amalia-vl-validate")
-def validate_shards_flow(
-    run_dir: str,
-    shards: int | None = None,
-    profile: str | None = None,
-    params_path: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Validate into `<run_dir>/validate/` in `shards` shards (default `validate.shards`)
-    on this flow's task runner; returns the merged report."""
-    settings = load_settings(profile, params_path, overrides)
-    run_path = Path(run_dir)
+def validate_in_shards(run_path: Path, settings: Settings, shards: int,
+                       params_path: str | None = None,
+                       overrides: dict[str, Any] | None = None,
+                       log_metrics: MetricLogger | None = None) -> tuple[StageOutput, dict]:
+    """The validate stage into `<run_path>/validate/` in `shards` shards mapped over the
+    current flow's task runner (`log_metrics` gets the stage's metrics, as in the stage);
+    returns (stage output, manifest). Must run inside a flow:
+    `validate_shards_flow`, or the retrain's sharded stage (`flows/sharded.py`)."""
     inputs = check_prerequisites("validate", run_path, settings)
-    n = shards or settings.validate_.shards
     stage_dir = run_path / "validate"
     work = run_path / "validate.shards"
     for path in (stage_dir, work):
@@ -117,7 +112,7 @@ def validate_shards_flow(
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     logger = get_run_logger()
     try:
-        plan = plan_shards(settings, n, work)
+        plan = plan_shards(settings, shards, work)
         logger.info("validate: %d records in %d shards of %s records, %d eval images",
                     plan["records"], len(plan["shards"]),
                     [s["records"] for s in plan["shards"]], plan["eval_images"])
@@ -131,16 +126,34 @@ def validate_shards_flow(
         logger.info("validate: duplicates across the input per shard: %s", duplicates)
         for future in finish_shard_task.map(indices, *common):
             future.result()
-        output = merge_shards(settings, dirs, stage_dir, expected_records=plan["records"])
+        output = merge_shards(settings, dirs, stage_dir, expected_records=plan["records"],
+                              log_metrics=log_metrics)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_manifest(stage_dir, "validate", inputs=inputs, counts=output.counts,
-                   metrics=output.metrics, config_digest=settings.digest(), started=started,
-                   extra={"profile": settings.profile, **output.extra, "shards": len(dirs)})
-    report = json.loads((stage_dir / "report.json").read_text())
-    logger.info("validate: %d/%d kept over %d shards", report["kept"], report["total"],
-                len(dirs))
-    return report
+    manifest = write_manifest(
+        stage_dir, "validate", inputs=inputs, counts=output.counts, metrics=output.metrics,
+        config_digest=settings.digest(), started=started,
+        extra={"profile": settings.profile, **output.extra, "shards": len(dirs)})
+    logger.info("validate: %d/%d kept over %d shards", output.counts["kept"],
+                output.counts["total"], len(dirs))
+    return output, manifest
+
+
+@flow(name="amalia-vl-validate")
+def validate_shards_flow(
+    run_dir: str,
+    shards: int | None = None,
+    profile: str | None = None,
+    params_path: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate into `<run_dir>/validate/` in `shards` shards (default `validate.shards`)
+    on this flow's task runner; returns the merged report."""
+    settings = load_settings(profile, params_path, overrides)
+    run_path = Path(run_dir)
+    validate_in_shards(run_path, settings, shards or settings.validate_.shards, params_path,
+                       overrides)
+    return json.loads((run_path / "validate" / "report.json").read_text())
 
 
 def validate_shards(

@@ -186,3 +186,54 @@ def test_sharded_ratio_gate_raises_after_writing_the_report(data: Path, tmp_path
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["quarantined"] == 6 and report["shards"] == 2
     assert len(read_jsonl(tmp_path / "out" / "quarantine.jsonl")) == 6
+
+
+def test_retrain_and_stage_run_sharded_data_stages_in_tracked_runs(
+        prefect_server, mlflow_uri, data: Path, tmp_path: Path) -> None:
+    """`validate.shards` / `translate.shards` above 1 select the sharded subflow in the
+    retrain (and in a single stage run), inside the usual MLflow stage run and cache."""
+    import mlflow
+    import yaml
+
+    from components.settings import default_params_path
+    from flows.retrain import retrain_flow
+    from flows.stage import stage_flow
+
+    raw = yaml.safe_load(default_params_path().read_text())
+    raw["profiles"]["ci"] = {**raw["profiles"]["ci"], "data_dir": str(data),
+                             "synthetic": SMALL,
+                             "validate": {**raw["profiles"]["ci"].get("validate", {}),
+                                          "shards": 2, "workers": 1, "chunk_size": 32},
+                             "translate": {**raw["profiles"]["ci"].get("translate", {}),
+                                           "shards": 2, "cache_dir": str(tmp_path / "tm")}}
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw, allow_unicode=True))
+
+    run = tmp_path / "run"
+    summary = retrain_flow(profile="ci", run_dir=str(run), params_path=str(params),
+                           stop="translate", progress=False, cache=True)
+    for name in ("validate", "translate"):
+        manifest = read_manifest(run, name)
+        assert manifest["shards"] == 2, name  # the sharded path ran, not the stage
+        assert summary["counts"][name] == manifest["counts"], name
+        tracked = mlflow.get_run(manifest["mlflow_run_id"])
+        assert tracked.data.tags["mlflow.parentRunId"] == summary["mlflow_parent_run_id"]
+        assert tracked.data.metrics["count.kept"] == manifest["counts"]["kept"], name
+    assert "quarantine_ratio" in mlflow.get_run(
+        read_manifest(run, "validate")["mlflow_run_id"]).data.metrics
+    single = tmp_path / "single"
+    same = {"data_dir": str(data), "synthetic": SMALL,
+            "validate": {"workers": 1, "chunk_size": 32}}
+    run_stage("validate", load_settings("ci", overrides=same), single, progress=False)
+    assert outputs(run / "validate")["report"] == outputs(single / "validate")["report"]
+
+    # an unchanged rerun reuses the sharded stages from the cache
+    again = retrain_flow(profile="ci", run_dir=str(tmp_path / "again"),
+                         params_path=str(params), stop="translate", progress=False)
+    assert again["reused"] == ["translate", "validate"]
+
+    # the stage deployment's code path: one stage in shards
+    stage = stage_flow(name="validate", profile="ci", run_dir=str(tmp_path / "one"),
+                       params_path=str(params))
+    assert read_manifest(tmp_path / "one", "validate")["shards"] == 2
+    assert stage["counts"] == summary["counts"]["validate"]
