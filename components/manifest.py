@@ -3,7 +3,10 @@
 A run directory holds one sub-directory per stage (`<run-dir>/<stage>/`). Each finished
 stage leaves `manifest.json`: its inputs (the manifests of the stages it read, by hash),
 its outputs (relative path -> sha256 and size), counts, the config digest and the code
-version. A stage whose manifest is present is complete; later stages check for it.
+version. A stage whose manifest is present is complete; later stages check for it. The
+manifest is the last thing a stage writes, and it is written atomically (a temporary file
+renamed into place), so a stage killed at any moment leaves either no manifest or a whole
+one; `read_manifest` also refuses one whose listed outputs are missing or changed in size.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -104,14 +108,24 @@ def write_manifest(
         "code_version": code_version(),
         **(extra or {}),
     }
-    (stage_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    _write_atomic(stage_dir / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
     return manifest
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write `path` whole or not at all: a temporary file, fsynced, renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 def write_manifest_file(stage_dir: Path, manifest: dict[str, Any]) -> None:
     """Rewrite `<stage_dir>/manifest.json` with `manifest` (e.g. with the MLflow run id
     added after the stage finished; the outputs it lists are unchanged)."""
-    (Path(stage_dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    _write_atomic(Path(stage_dir) / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
 
 
 def read_manifest(run_dir: Path, stage: str, needed_by: str | None = None) -> dict[str, Any]:
@@ -123,4 +137,18 @@ def read_manifest(run_dir: Path, stage: str, needed_by: str | None = None) -> di
             f"stage '{stage}' has not run in {run_dir}{who}",
             f"run: amalia-vl stage {stage} --run-dir {run_dir}",
         )
-    return json.loads(path.read_text())
+    rerun = f"run: amalia-vl stage {stage} --run-dir {run_dir}"
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MissingInputError(f"manifest of stage '{stage}' in {run_dir} is unreadable "
+                                f"({exc})", rerun) from None
+    stage_dir = path.parent
+    for rel, meta in manifest.get("outputs", {}).items():
+        out = stage_dir / rel
+        if not out.is_file() or out.stat().st_size != meta.get("bytes"):
+            raise MissingInputError(
+                f"stage '{stage}' in {run_dir} is incomplete: {rel} is "
+                f"{'missing' if not out.is_file() else 'not the size its manifest lists'}",
+                rerun)
+    return manifest

@@ -65,6 +65,11 @@ def run_tracked_stage(
         launch_stage(name, run_dir, launch or Launch(), profile=settings.profile,
                      params_path=params_path, parent_run_id=parent_run_id, restart=restart,
                      progress=progress)
+        if launch is not None and launch.nnodes > 1 and (launch.node_rank or 0) != 0:
+            # the launcher on node 0 reports the stage (global rank 0 writes the manifest
+            # on the shared run directory, maybe after this node's workers are done)
+            return {"stage": name, "node_rank": launch.node_rank, "counts": {},
+                    "metrics": {}}
         manifest = read_manifest(run_dir, name)
         if key:
             stage_cache.record(name, key, run_dir, manifest.get("mlflow_run_id"))

@@ -31,7 +31,7 @@ from components.settings import EngineSettings, TrainSettings, load_settings
 from components.stages import run_stage
 from components.train import checkpoints
 from components.train.checkpoints import CheckpointError
-from components.train.distributed import Launch, torchrun_command
+from components.train.distributed import Launch, needs_torchrun, torchrun_command
 from components.train.engine import (
     BatchPlan,
     check_deepspeed_config,
@@ -225,6 +225,23 @@ def _cli(root: Path, params: Path, *args: str) -> subprocess.CompletedProcess:
            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'cli.db'}"}
     return subprocess.run([sys.executable, "-m", "amalia_vl", *args], env=env, cwd=root,
                           capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_an_operator_pod_with_rank_set_still_launches_torchrun(monkeypatch):
+    """The Kubeflow training operator sets RANK (the node's rank) in each pod; only
+    torchrun's own variables mark a process that is already a worker."""
+    for var in ("RANK", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    two = Launch(nproc=2)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert needs_torchrun("sft", two, "ddp")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert not needs_torchrun("sft", two, "ddp")
+    monkeypatch.delenv("LOCAL_RANK")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job-1")
+    assert not needs_torchrun("sft", two, "ddp")
+    assert not needs_torchrun("mix", two, "ddp")
 
 
 def test_nproc_beyond_this_node_or_on_a_non_training_stage_is_one_line(aligned):

@@ -101,14 +101,21 @@ class Launch:
 def needs_torchrun(name: str, launch: Launch | None, strategy: str) -> bool:
     """Whether training stage `name` must be started through torchrun from this process:
     several processes, or DeepSpeed / FSDP on a GPU (they need a process group even on
-    one GPU). False inside a torchrun worker (it is already one rank)."""
+    one GPU). False inside a torchrun worker (it is already one rank): torchrun marks its
+    workers with `TORCHELASTIC_RUN_ID` / `LOCAL_RANK`. `RANK` alone is no sign of one: the
+    Kubeflow training operator sets it (to the node's rank) in every pod it starts."""
     import torch
 
-    if name not in TRAINING_STAGES or "RANK" in os.environ:
+    if name not in TRAINING_STAGES or is_torchrun_worker():
         return False
     if launch is not None and launch.distributed:
         return True
     return strategy != "ddp" and torch.cuda.is_available()
+
+
+def is_torchrun_worker() -> bool:
+    """True in a process torchrun started (not in its launcher)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ
 
 
 def torchrun_command(launch: Launch, worker_args: list[str]) -> list[str]:
