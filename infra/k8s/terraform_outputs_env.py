@@ -6,8 +6,7 @@ cleanly.
     terraform -chdir=infra/terraform/envs/prod output -json \\
       | python3 infra/k8s/terraform_outputs_env.py > infra/k8s/overlays/prod/terraform-outputs.env
 
-`vpc_cidr` is not a root output of infra/terraform yet: pass `--vpc-cidr` (the env's tfvars
-value) until it is. A missing or non-scalar output is an error, not an empty value: an empty
+`--vpc-cidr` overrides the root's `vpc_cidr` output. A missing or non-scalar output is an error, not an empty value: an empty
 role ARN would render a service account without IRSA and fail only at run time.
 """
 
@@ -54,7 +53,7 @@ def to_env(outputs: dict, vpc_cidr: str | None = None, source: str = "terraform"
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vpc-cidr", help="VPC CIDR when terraform has no vpc_cidr output")
+    parser.add_argument("--vpc-cidr", help="override the vpc_cidr output")
     args = parser.parse_args(argv)
     sys.stdout.write(to_env(json.load(sys.stdin), args.vpc_cidr, "`terraform output -json`"))
 
