@@ -94,6 +94,14 @@ class RunStore:
             if code == "NoSuchBucket":
                 raise AmaliaError(f"run store {self.url}: bucket {self.bucket} does not exist",
                                   f"create it (aws s3 mb s3://{self.bucket})") from None
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status >= 500 or code in ("InternalError", "ServiceUnavailable", "SlowDown"):
+                where = self.client.meta.endpoint_url
+                raise AmaliaError(
+                    f"run store {self.url}: S3 at {where} kept failing to {what} after "
+                    f"{self.attempts} attempts (HTTP {status or code})",
+                    "retry when the S3 endpoint is healthy; nothing was marked finished") \
+                    from None
             raise
 
     def _exists(self, key: str) -> bool:

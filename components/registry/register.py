@@ -123,12 +123,20 @@ def log_and_register(
     opened = mlflow.active_run() is None
     run = mlflow.active_run() or mlflow.start_run(run_name="register")
     try:
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=_pyfunc_class()(),
-            artifacts={HF_ARTIFACT: str(model_dir)},
-            pip_requirements=["amalia-vl", "torch", "transformers", "mlflow"],
-        )
+        try:
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=_pyfunc_class()(),
+                artifacts={HF_ARTIFACT: str(model_dir)},
+                pip_requirements=["amalia-vl", "torch", "transformers", "mlflow"],
+            )
+        except Exception as exc:  # noqa: BLE001 - S3 / HTTP / disk: all one failure here
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise AmaliaError(
+                f"uploading the model to the artifact store of run {run.info.run_id} failed "
+                f"({type(exc).__name__}: {first[:300]}); no version was registered",
+                "check the artifact store (MLFLOW_S3_ENDPOINT_URL, credentials) and register "
+                "again") from None
         run_id = run.info.run_id
         tags = {str(k): str(v) for k, v in tags.items()}
         if sample_scores is not None:
