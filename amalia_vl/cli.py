@@ -344,14 +344,18 @@ def score(
                                        "and `answers` (a list or a single string)"),
     metric: str = typer.Option(..., "--metric", "-m", help="e.g. anls, relaxed_accuracy, "
                                "vqa_accuracy, exact_match, mc_accuracy, token_f1, pope_f1, cider"),
+    mode: str = typer.Option("pt", "--mode", help="`pt` (lmms-eval's scorer plus the pt-PT "
+                             "extensions) or `lmms` (lmms-eval's scorer as is, comparable with "
+                             "published tables)"),
     as_json: bool = typer.Option(False, "--json", help='print one JSON object {"metric", '
                                  '"score", "n", "scores"}'),
 ) -> None:
-    """Re-score saved predictions with a standard metric, without generating."""
+    """Re-score saved predictions with a standard metric, without generating. Extra fields of
+    a line (`options`, `profile`, `category`, ...) reach the metrics that read them."""
     try:
         from components.metrics.score_file import score_command
 
-        text = score_command(metric, predictions, as_json)
+        text = score_command(metric, predictions, as_json, mode=mode)
     except AmaliaError as exc:
         _fail(exc)
     typer.echo(text)

@@ -9,17 +9,20 @@ with a progress bar. A task whose dataset cannot be reached (offline hub, missin
 skipped with its reason; the stage still succeeds.
 
 Writes into `<run>/evaluate/`:
-- `results.json`: the candidate's per-task `{"score", "chance", "n", "metric"}` (the
-  contract the registry and the CLI rely on: exactly these keys), `_summary`
+- `results.json`: the candidate's per-task `{"score", "score_lmms", "chance", "n",
+  "metric"}` (the contract the registry and the CLI rely on: exactly these keys; `score` is
+  the pt scoring mode, `score_lmms` the same metric in the lmms mode, comparable with
+  lmms-eval's published numbers), `_summary`
   (`mean_score` = mean of score / task scale, `min_score_over_chance`) and `_skipped`
   (`{task: {"reason", "dataset"}}`).
-- `comparison.json`: per model, per task the same plus `metrics` (every metric of the
-  task), `scale`, `details` (breakdowns, corpus details, dropped rows) and `dialect`;
+- `comparison.json`: per model, per task the same plus `metrics` / `metrics_lmms` (every
+  metric of the task in each mode), `scale`, `details` (breakdowns, corpus details,
+  dropped rows) and `dialect`;
   `_summary` per model; `_meta` (candidate, baselines, champion status, skipped tasks).
 - `dialect.json`: per model and task (and `_all`), the shares of answers the pt-PT/pt-BR
   variety detector labels pt-PT, pt-BR and unknown: the "native pt-PT" claim, measured.
 - `predictions.jsonl`: one line per sample and model (model, task, id, question = the
-  prompt, answer, answers, prediction, raw, score, correct, dialect).
+  prompt, answer, answers, prediction, raw, score, score_lmms, correct, dialect).
 - `results.md` (table, skipped tasks, champion note), `results.png` (candidate vs sft vs
   champion per task, as a fraction of each task's scale, with chance), `table.json` (rows
   for a Prefect table artifact).
@@ -42,7 +45,7 @@ log = logging.getLogger(__name__)
 CANDIDATE = "dpo"
 BASELINES = ("sft",)
 CHAMPION = "champion"
-RESULT_KEYS = ("score", "chance", "n", "metric")
+RESULT_KEYS = ("score", "score_lmms", "chance", "n", "metric")
 CACHE = "_cache"
 
 
@@ -159,13 +162,15 @@ def evaluate_model(name: str, model_dir: Path, tasks: list, ctx: StageContext, d
         entries[spec.task] = scored.result
         for i, sample in enumerate(task.samples):
             score = scored.item_scores[i]
+            score_lmms = scored.item_scores_lmms[i] if scored.item_scores_lmms else None
             rows.append({
                 "model": name, "task": spec.task, "id": sample.id, "question": sample.prompt,
                 "answer": sample.answers[0],
                 "answers": sample.answers if len(sample.answers) > 1 else None,
                 "prediction": scored.predictions[i],
                 "raw": raw[i] if raw[i] != scored.predictions[i] else None,
-                "score": score, "correct": score is not None and score >= 1.0 - 1e-9,
+                "score": score, "score_lmms": score_lmms,
+                "correct": score is not None and score >= 1.0 - 1e-9,
                 "dialect": scored.labels[i] if scored.labels else None,
             })
     del model
@@ -192,6 +197,8 @@ def _metrics(comparison: dict[str, dict], dialect: dict[str, dict],
             if task.startswith("_"):
                 continue
             metrics[f"{name}.{task}"] = r["score"]
+            if "score_lmms" in r:
+                metrics[f"{name}.{task}.lmms"] = r["score_lmms"]
             for metric, value in r.get("metrics", {}).items():
                 if metric != r["metric"]:
                     metrics[f"{name}.{task}.{metric}"] = value

@@ -251,9 +251,11 @@ def test_ai2d_scores_the_extracted_letter_and_realworldqa_chance(tmp_path) -> No
     task = prepare_task(TASKS["ai2d_pt"], run_dir=None, data_root=None, cache_dir=tmp_path,
                         location=str(write_parquet(tmp_path / "ai2d.parquet", rows)))
     scored = score_task(task, ["B. Lisboa", "B", "Lisboa"])
-    assert scored.predictions == ["B", "B", "Lisboa"]
-    assert scored.item_scores == [1.0, 1.0, 0.0]  # exact_match, as lmms-eval's filter
-    assert scored.result["metrics"]["mc_accuracy"] == 1.0
+    assert scored.predictions == ["B. Lisboa", "B", "Lisboa"]  # the metric reads the letter
+    assert scored.item_scores_lmms == [1.0, 1.0, 0.0]  # lmms-eval's filter + exact_match
+    assert scored.item_scores == [1.0, 1.0, 1.0]  # pt: the option's text is its letter
+    assert scored.result["score_lmms"] == pytest.approx(2 / 3)
+    assert scored.result["score"] == scored.result["metrics"]["mc_accuracy"] == 1.0
     assert scored.result["chance"] == pytest.approx(1 / 3)
 
     rows = [{"image": image(), "answer": "C", "question": "Para onde?\nA. Esquerda\n"
@@ -262,7 +264,10 @@ def test_ai2d_scores_the_extracted_letter_and_realworldqa_chance(tmp_path) -> No
     task = prepare_task(TASKS["realworldqa_pt"], run_dir=None, data_root=None,
                         cache_dir=tmp_path, location=str(write_parquet(tmp_path / "r.parquet",
                                                                        rows)))
-    assert score_task(task, ["(C)", "2"]).result["chance"] == pytest.approx((1 / 3 + 0) / 2)
+    scored = score_task(task, ["(C)", "dois"])
+    assert scored.result["chance"] == pytest.approx((1 / 3 + 0) / 2)
+    # an open gold: lmms compares text ("dois" is not "2"), pt reads pt-PT number words
+    assert scored.item_scores_lmms == [1.0, 0.0] and scored.item_scores == [1.0, 1.0]
 
 
 def test_tiny_model_stops_at_the_tasks_stop_strings(chart_parquet, tmp_path,

@@ -181,7 +181,10 @@ def test_lmms_hooks_give_our_prompts_pixels_and_scores(chart_export) -> None:
         assert config["doc_to_target"](doc) == sample.answers[0]
     ours = score_task(task, GENERATIONS).result
     theirs = lmms_scores(config, docs, GENERATIONS)
-    assert theirs == {"relaxed_accuracy": pytest.approx(ours["score"])}
+    # the exported aggregations score in the lmms mode: "12,5" and "0,4" are no numbers to
+    # lmms-eval's float(), so only "lisboa" counts there; pt reads the decimal commas
+    assert theirs == {"relaxed_accuracy": pytest.approx(ours["score_lmms"])}
+    assert ours["score_lmms"] == pytest.approx(0.25)
     assert ours["score"] == pytest.approx(0.75)
 
 
@@ -231,10 +234,11 @@ def test_exploded_box_task_scores_like_the_harness(tmp_path) -> None:
     generations = ["[0.1, 0.1, 0.5, 0.5]", "[0.6, 0.6, 0.9, 0.9]"]
     task = prepare_task(TASKS["refcoco_bbox_rec_test_pt"], run_dir=None, data_root=None,
                         cache_dir=tmp_path, location=str(parquet))
-    ours = score_task(task, generations).result["metrics"]
+    ours = score_task(task, generations).result["metrics_lmms"]
     theirs = lmms_scores(config, docs, generations)
     assert theirs == {k: pytest.approx(v) for k, v in ours.items()}
     assert theirs["box_iou_accuracy"] == pytest.approx(0.5)
+    assert theirs["box_center_accuracy"] == pytest.approx(0.5)
 
 
 def test_embedded_tasks_export_with_a_run_dir(tmp_path) -> None:
@@ -261,3 +265,25 @@ def test_embedded_tasks_export_with_a_run_dir(tmp_path) -> None:
     assert config["doc_to_text"](docs[0], model_kwargs(config, "llava_hf")) == \
         "<image>De que cor é a forma?"
     assert lmms_scores(config, docs, ["Azul.", "verde"]) == {"exact_match": 0.5}
+
+
+def test_exported_profile_task_gives_the_lmms_mode_numbers(tmp_path) -> None:
+    """AI2D reads letters the lmms-eval way in the export (the profile travels in the
+    specs), so the exported aggregation equals our `score_lmms`, not our `score`."""
+    import datasets
+    from PIL import Image
+
+    rows = [{"image": Image.new("RGB", (32, 32), (9 * i, 40, 90)), "question": "Qual?",
+             "options": ["Porto", "Lisboa", "Faro"], "answer": "1"} for i in range(4)]
+    parquet = tmp_path / "ai2d.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(parquet))
+    export_lmms_eval(tmp_path / "tasks", ["ai2d_pt"], datasets={"ai2d_pt": str(parquet)})
+    config = load_lmms_yaml(tmp_path / "tasks" / "ai2d_pt.yaml")
+    generations = ["B. Lisboa", "**B**", "Lisboa", "B) Lisboa"]
+    task = prepare_task(TASKS["ai2d_pt"], run_dir=None, data_root=None, cache_dir=tmp_path,
+                        location=str(parquet))
+    ours = score_task(task, generations).result
+    theirs = lmms_scores(config, lmms_docs(config), generations)
+    assert theirs == {"mc_accuracy": pytest.approx(ours["score_lmms"])}
+    assert ours["score_lmms"] == pytest.approx(0.5)  # the filter and exact_match: 2 of 4
+    assert ours["score"] == pytest.approx(1.0)  # pt also reads the option text and "B)"

@@ -115,24 +115,39 @@ def test_metric_extras_fields_constants_and_image_size() -> None:
 def test_extraction_stops_first_line_and_regex() -> None:
     spec = _spec(generation={"until": ["ASSISTANT:"]}, extract={"first_line": True})
     assert extract_answer(spec, "\n Lisboa\nPorto ASSISTANT: x") == "Lisboa"
-    boxed = TASKS["mathvision_test_pt"]
+    boxed = _spec(extract={"regex": "\\\\boxed\\{([^{}]*)\\}"})
     assert extract_answer(boxed, "Passo 1... logo \\boxed{12,5}.") == "12,5"
     assert extract_answer(boxed, "sem caixa") == "sem caixa"
-    rwqa = TASKS["realworldqa_pt"]
-    assert extract_answer(rwqa, "A resposta é (B).") == "B"
+    # the benchmark tasks leave the reading of the answer to their metric's profile
+    for name in ("ai2d_pt", "realworldqa_pt", "mathvision_test_pt"):
+        assert TASKS[name].extract.regex is None, name
+        assert extract_answer(TASKS[name], " A resposta é (B). ") == "A resposta é (B)."
 
 
-def test_ai2d_cuts_the_option_letter_like_lmms_eval_flexible_extract() -> None:
+def test_ai2d_reads_the_option_letter_like_lmms_eval_flexible_extract() -> None:
     from components.metrics import get_metric
 
     ai2d = TASKS["ai2d_pt"]
-    # lmms-eval ai2d MultiChoiceRegexFilter: a leading "X." is the letter, else kept as is
-    assert extract_answer(ai2d, "B. Porto") == "B"
-    assert extract_answer(ai2d, "  C. Coimbra, a cidade dos estudantes") == "C"
-    assert extract_answer(ai2d, "B") == "B"
-    assert extract_answer(ai2d, "Porto") == "Porto"
-    exact = get_metric(ai2d.primary_metric)
-    assert exact.score(extract_answer(ai2d, "B. Porto"), ["B"]) == 1.0
+    assert ai2d.profile == "ai2d" and ai2d.primary_metric == "mc_accuracy"
+    metric = get_metric(ai2d.primary_metric)
+    options = ["Lisboa", "Porto", "Coimbra", "Faro"]
+    extras = metric_extras(ai2d, {"options": options}, options, None)
+    assert extras == {"profile": "ai2d", "options": options}
+
+    def score(answer: str, gold: str, mode: str) -> float:
+        return metric.score(answer, [gold], mode=mode, **extras)
+
+    # lmms-eval ai2d MultiChoiceRegexFilter: a leading "X." is the letter, else kept as is,
+    # then exact_match ignoring case and punctuation
+    assert score("B. Porto", "B", "lmms") == 1.0
+    assert score("  C. Coimbra, a cidade dos estudantes", "C", "lmms") == 1.0
+    assert score("**B**", "B", "lmms") == 1.0
+    assert score("B) Porto", "B", "lmms") == 0.0
+    assert score("Porto", "B", "lmms") == 0.0
+    # pt: the same, plus option texts and explicit answers
+    assert score("Porto", "B", "pt") == 1.0
+    assert score("B) Porto", "B", "pt") == 1.0
+    assert score("A resposta é C", "C", "pt") == 1.0
 
 
 def test_chance_from_options_listed_in_the_question() -> None:

@@ -20,7 +20,7 @@ from components.settings import load_settings
 # benchmark -> (task, hub id, split, headline metric), from the lmms-eval task files
 # (lmms_eval/tasks/<name>/*.yaml) the AMALIA-VL suite mirrors.
 PUBLISHED = {
-    "AI2D": ("ai2d_pt", "amalia-llm/AI2D-PT", "test", "exact_match"),
+    "AI2D": ("ai2d_pt", "amalia-llm/AI2D-PT", "test", "mc_accuracy"),
     "ChartQA": ("chartqa_pt", "amalia-llm/ChartQA-PT", "test", "relaxed_accuracy"),
     "DocVQA": ("docvqa_val_pt", "amalia-llm/DocVQA-PT", "validation", "anls"),
     "InfographicVQA": ("infovqa_val_pt", "amalia-llm/InfographicVQA-PT", "validation", "anls"),
@@ -31,8 +31,9 @@ PUBLISHED = {
     "MMMU-Pro": ("mmmu_pro_standard_pt", "amalia-llm/MMMU-Pro-PT", "test", "mmmu_accuracy"),
     "MMStar": ("mmstar_pt", "amalia-llm/MMStar-PT", "val", "mc_accuracy"),
     "SEED-Bench": ("seedbench_pt", "amalia-llm/SEED-Bench-PT", "test", "mc_accuracy"),
-    "MATH-Vision": ("mathvision_test_pt", "amalia-llm/MATH-Vision-PT", "test", "mmmu_accuracy"),
-    "RealWorldQA": ("realworldqa_pt", "amalia-llm/RealWorldQA-PT", "test", "exact_match"),
+    "MATH-Vision": ("mathvision_test_pt", "amalia-llm/MATH-Vision-PT", "test",
+                    "mathvision_accuracy"),
+    "RealWorldQA": ("realworldqa_pt", "amalia-llm/RealWorldQA-PT", "test", "mc_accuracy"),
     "EmbSpatial-Bench": ("embspatial_pt", "amalia-llm/EmbSpatial-Bench-PT", "test",
                          "mc_accuracy"),
     "POPE": ("pope_pt", "amalia-llm/POPE-PT", "test", "pope_f1"),
@@ -112,6 +113,8 @@ metrics: [anls]
 
 @pytest.mark.parametrize(("text", "message"), [
     (GOOD.replace("metrics: [anls]", "metrics: [bleu]"), "unknown metrics"),
+    (GOOD + "profile: ai2dd\n", "unknown profile 'ai2dd'"),
+    (GOOD + "profile: ai2d\n", "profile 'ai2d' is read by mc_accuracy, mmmu_accuracy"),
     (GOOD + "promt: {template: x}\n", "promt"),
     (GOOD + "generation: {do_sample: true}\n", "generation.do_sample"),
     (GOOD.replace("dataset: {path: some/dataset, split: test}", "dataset: {kind: hub}"),

@@ -83,8 +83,8 @@ def test_results_contract(evaluated) -> None:
     tasks = {k: v for k, v in results.items() if not k.startswith("_")}
     assert set(tasks) == {*LOCAL, "chartqa_pt"}
     for r in tasks.values():
-        assert set(r) == {"score", "chance", "n", "metric"}
-        assert 0.0 <= r["score"] <= 1.0 and r["n"] > 0
+        assert set(r) == {"score", "score_lmms", "chance", "n", "metric"}
+        assert 0.0 <= r["score"] <= 1.0 and 0.0 <= r["score_lmms"] <= 1.0 and r["n"] > 0
     for name in LOCAL:
         assert tasks[name] == {**tasks[name], "chance": pytest.approx(0.25), "n": 4,
                                "metric": "exact_match"}
@@ -107,7 +107,9 @@ def test_comparison_dialect_and_predictions(evaluated) -> None:
     results = json.loads((out / "results.json").read_text())
     for task in (*LOCAL, "chartqa_pt"):
         entry = comparison["dpo"][task]
-        assert {k: entry[k] for k in ("score", "chance", "n", "metric")} == results[task]
+        assert {k: entry[k] for k in ("score", "score_lmms", "chance", "n", "metric")} == \
+            results[task]
+        assert set(entry["metrics_lmms"]) == set(entry["metrics"])
         assert set(entry["dialect"]) >= {"pt_PT", "pt_BR", "unknown", "n"}
         assert entry["dialect"]["pt_PT"] + entry["dialect"]["pt_BR"] + \
             entry["dialect"]["unknown"] == pytest.approx(1.0)
@@ -122,8 +124,8 @@ def test_comparison_dialect_and_predictions(evaluated) -> None:
     assert len(rows) == 2 * (4 * 5 + 3)
     assert {r["model"] for r in rows} == {"dpo", "sft"}
     first = next(r for r in rows if r["task"] == "count")
-    assert {"model", "task", "id", "question", "answer", "prediction", "score", "correct",
-            "dialect"} <= set(first)
+    assert {"model", "task", "id", "question", "answer", "prediction", "score", "score_lmms",
+            "correct", "dialect"} <= set(first)
     assert first["question"] == "Quantas formas há na imagem?"
     local_ids = {r.id for r in read_records(out.parent / "mix" / "eval.jsonl")}
     assert {r["id"] for r in rows if r["task"] in LOCAL} == local_ids
@@ -143,7 +145,8 @@ def test_report_plot_table_and_stage_outputs(evaluated) -> None:
 
     m = output.metrics
     for key in ("mean_score", "min_score_over_chance", "dpo.count", "sft.count",
-                "dpo.chartqa_pt", "sft.chartqa_pt", "dpo.dialect.count.pt_PT",
+                "dpo.chartqa_pt", "sft.chartqa_pt", "dpo.chartqa_pt.lmms",
+                "dpo.dialect.count.pt_PT",
                 "dpo.dialect.chartqa_pt.pt_BR", "dialect_pt_PT", "dialect_pt_BR",
                 "dpo.mean_score", "sft.min_score_over_chance"):
         assert key in m, key

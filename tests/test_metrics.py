@@ -103,9 +103,14 @@ def test_anls_worked_examples():
     assert anls("abxy", ["abcd"]) == 0.5
     # max over answers (= 1 - min NL)
     assert anls("abcdx", ["zzzzz", "abcde"]) == pytest.approx(0.8)
-    # lengths are the raw strings' (lmms-eval): "abxy   " has 7 characters, so the 2 edits
-    # between "abxy" and "abcd" give NL 2/7, not 2/4
-    assert anls("abxy   ", ["abcd"]) == pytest.approx(1 - 2 / 7)
+    # lmms-eval's scorer divides by the raw strings' lengths: "abxy   " has 7 characters, so
+    # the 2 edits between "abxy" and "abcd" give NL 2/7, not 2/4 ...
+    assert anls("abxy   ", ["abcd"], mode="lmms") == pytest.approx(1 - 2 / 7)
+    # ... but its model wrapper strips the generation first, so the lmms pipeline sees "abxy"
+    assert get_metric("anls").score("abxy   ", ["abcd"], mode="lmms") == 0.5
+    # and a reference with stray spaces keeps them in lmms; pt measures normalised strings
+    assert anls("abxy", ["abcd  "], mode="lmms") == pytest.approx(1 - 2 / 6)
+    assert anls("abxy", ["abcd  "]) == 0.5
     assert anls("", [""]) == 1.0
 
 
@@ -149,7 +154,10 @@ def test_anls_equals_lmms_eval_on_random_strings():
             "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 9)))
             for _ in range(rng.randint(1, 3))
         ]
-        assert anls(pred, refs) == pytest.approx(_lmms_eval_anls(refs, pred), abs=1e-12)
+        assert anls(pred, refs, mode="lmms") == pytest.approx(_lmms_eval_anls(refs, pred),
+                                                              abs=1e-12)
+        assert get_metric("anls").score(pred, refs, mode="lmms") == pytest.approx(
+            _lmms_eval_anls(refs, pred.strip()), abs=1e-12)
 
 
 def test_levenshtein_is_exact_and_fast():
@@ -200,7 +208,9 @@ def test_parse_number_keeps_english():
 def test_exact_match_normalisation():
     assert exact_match("  Lisboa. ", ["lisboa"]) == 1.0
     assert exact_match("«Lisboa»", ["Lisboa"]) == 1.0
-    assert exact_match("C++", ["C"]) == 0.0
+    # lmms-eval's exact_match deletes ASCII punctuation anywhere; pt keeps that rule
+    assert exact_match("C++", ["C"]) == 1.0 == exact_match("C++", ["C"], mode="lmms")
+    assert exact_match("C#", ["Cobol"]) == 0.0
     assert exact_match("Porto", ["Lisboa", "porto!"]) == 1.0
     assert exact_match("Lisboa, Portugal", ["Lisboa"]) == 0.0
 
@@ -526,6 +536,8 @@ def test_registry_names():
         "relaxed_accuracy", "ocrbench_accuracy", "yes_no_accuracy", "pope", "pope_accuracy",
         "pope_precision", "pope_recall", "pope_f1", "pope_yes_ratio", "mme", "mme_perception",
         "mme_cognition", "bleu4", "rouge_l", "cider", "box_iou_accuracy", "box_iou",
+        "meteor", "mathvision_accuracy", "box_iou_accuracy_01", "box_iou_accuracy_03",
+        "box_iou_accuracy_07", "box_iou_accuracy_09", "box_center_accuracy",
     }  # fmt: skip
     assert set(METRICS) == expected
     assert get_metric("anls").score("The Lord", "the lord") == 1.0
@@ -600,3 +612,62 @@ def test_score_file_errors_name_file_and_line(tmp_path):
         score_predictions_file(f, "exact_match")
     with pytest.raises(UnknownMetricError):
         score_predictions_file(f, "nope")
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ('{"prediction": "a", "answers": ["a"]}\n{"prediction": "b"}\n',
+     r"bad\.jsonl:2: field 'answers' is missing"),
+    ('{"answers": ["a"]}\n', r"bad\.jsonl:1: field 'prediction' is missing"),
+    ('{"prediction": 5, "answers": ["a"]}\n',
+     r"bad\.jsonl:1: field 'prediction' must be a string, not int"),
+    ('{"prediction": null, "answers": ["a"]}\n',
+     r"bad\.jsonl:1: field 'prediction' must be a string, not null"),
+    ('{"prediction": "a", "answers": [{"x": 1}]}\n', r"bad\.jsonl:1: field 'answers' holds"),
+    ('{"prediction": "a", "answers": []}\n', r"bad\.jsonl:1: field 'answers' is an empty list"),
+    ('\n\n["a", "b"]\n', r"bad\.jsonl:3: a line must be a JSON object, not list"),
+    ('{"prediction": "a", "answers": ["a"]\n', r"bad\.jsonl:1: not valid JSON"),
+])
+def test_bad_prediction_lines_are_one_line_errors(tmp_path, content, needle):
+    from components.errors import AmaliaError
+
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content, "utf-8")
+    with pytest.raises(PredictionsFileError, match=needle) as info:
+        score_predictions_file(f, "exact_match", mode="lmms")
+    assert isinstance(info.value, AmaliaError) and "\n" not in str(info.value)
+
+
+def test_unknown_metric_or_mode_is_a_one_line_error(tmp_path):
+    from components.errors import AmaliaError
+    from components.metrics import UnknownModeError
+
+    f = _write(tmp_path / "p.jsonl", [{"prediction": "a", "answers": ["a"]}])
+    cases = (("nope", "pt", UnknownMetricError, "unknown metric"),
+             ("anls", "lmmss", UnknownModeError, "unknown scoring mode"))
+    for metric, mode, error, needle in cases:
+        with pytest.raises(error) as info:
+            score_command(metric, f, mode=mode)
+        assert isinstance(info.value, AmaliaError)
+        text = str(info.value)
+        assert text.startswith(needle) and "\n" not in text and "known:" in text
+    with pytest.raises(UnknownModeError):
+        get_metric("anls").evaluate(["a"], [["a"]], mode="PT")
+
+
+def test_score_file_in_both_modes(tmp_path):
+    f = _write(tmp_path / "p.jsonl", [
+        {"prediction": "12,5", "answers": ["12.5"]},
+        {"prediction": "Sim", "answers": ["Yes"]},
+        {"prediction": "13", "answers": ["12.9"]},
+    ])
+    assert score_predictions_file(f, "relaxed_accuracy", mode="lmms")["scores"] == [0.0, 0.0, 1.0]
+    assert score_predictions_file(f, "relaxed_accuracy")["scores"] == [1.0, 1.0, 1.0]
+    assert "mode:   lmms" in score_command("relaxed_accuracy", f, mode="lmms")
+    printed = json.loads(score_command("relaxed_accuracy", f, as_json=True, mode="lmms"))
+    assert set(printed) == {"metric", "score", "n", "scores"}
+    mc = _write(tmp_path / "mc.jsonl", [
+        {"prediction": "**B**", "answers": ["B"], "options": OPTIONS, "profile": "seedbench"},
+        {"prediction": "B. Lisboa", "answers": ["B"], "options": OPTIONS, "profile": "ai2d"},
+    ])
+    assert score_predictions_file(mc, "mc_accuracy", mode="lmms")["scores"] == [0.0, 1.0]
+    assert score_predictions_file(mc, "mc_accuracy")["scores"] == [1.0, 1.0]

@@ -8,9 +8,10 @@
   `components.inference.generate_answers` (progress bar included); the task's stop strings
   go to `model.generate` as `stop_strings` (decoding ends there; `score_task` still cuts
   the text at them and applies the extraction).
-- `score_task(task, raw)`: every metric of the task through `components.metrics` (the
-  first is the headline `score`), per-item headline scores, an optional breakdown, and
-  the dialect fidelity of the raw answers.
+- `score_task(task, raw)`: every metric of the task through `components.metrics`, in both
+  scoring modes (the first metric is the headline: `score` in the pt mode, `score_lmms` in
+  the lmms mode, lmms-eval's own reading), per-item headline scores, an optional
+  breakdown, and the dialect fidelity of the raw answers.
 - `dialect_shares(texts, detector)`: share of answers the pt-PT/pt-BR variety detector
   labels pt-PT, pt-BR and unknown (too little evidence: "3", "B", "sim").
 """
@@ -180,16 +181,32 @@ def dialect_shares(texts: list[str], detector) -> dict[str, Any]:
 
 @dataclass
 class TaskScore:
-    """A task's scores for one model: the results entry and per-item rows."""
+    """A task's scores for one model: the results entry and per-item rows (headline metric,
+    pt mode; `item_scores_lmms` in the lmms mode)."""
 
     result: dict[str, Any]
     predictions: list[str]
     item_scores: list[float | None]
     labels: list[str]
+    item_scores_lmms: list[float | None] = field(default_factory=list)
+
+
+def _breakdown(spec: TaskSpec, samples: list[Sample], preds, answers, extras,
+               mode: str) -> dict[str, float]:
+    from components.metrics import get_metric
+
+    by_group: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(samples):
+        by_group[s.group or ""].append(i)
+    metric = get_metric(spec.primary_metric)
+    return {g: metric.evaluate([preds[i] for i in idx], [answers[i] for i in idx],
+                               [extras[i] for i in idx], mode=mode).score
+            for g, idx in sorted(by_group.items())}
 
 
 def score_task(task: PreparedTask, raw: list[str], detector=None) -> TaskScore:
-    """Score raw generations of every sample of `task` with every metric of the task."""
+    """Score raw generations of every sample of `task` with every metric of the task, in
+    the pt mode (`score`, `metrics`) and the lmms mode (`score_lmms`, `metrics_lmms`)."""
     from components.metrics import get_metric
 
     spec, samples = task.spec, task.samples
@@ -198,20 +215,19 @@ def score_task(task: PreparedTask, raw: list[str], detector=None) -> TaskScore:
     preds = [extract_answer(spec, r) for r in raw]
     answers = [s.answers for s in samples]
     extras = [s.extras for s in samples]
-    results = {m: get_metric(m).evaluate(preds, answers, extras) for m in spec.metrics}
+    results = {m: get_metric(m).evaluate(preds, answers, extras, mode="pt") for m in spec.metrics}
+    lmms = {m: get_metric(m).evaluate(preds, answers, extras, mode="lmms") for m in spec.metrics}
     primary = results[spec.primary_metric]
     details: dict[str, Any] = {
         m: _clean(r.details) for m, r in results.items() if r.details}
+    lmms_details = {m: _clean(r.details) for m, r in lmms.items() if r.details}
+    if lmms_details:
+        details["lmms"] = lmms_details
     if spec.fields.breakdown:
-        by_group: dict[str, list[int]] = defaultdict(list)
-        for i, s in enumerate(samples):
-            by_group[s.group or ""].append(i)
-        metric = get_metric(spec.primary_metric)
-        details[f"by_{spec.fields.breakdown}"] = {
-            g: metric.evaluate([preds[i] for i in idx], [answers[i] for i in idx],
-                               [extras[i] for i in idx]).score
-            for g, idx in sorted(by_group.items())
-        }
+        details[f"by_{spec.fields.breakdown}"] = _breakdown(spec, samples, preds, answers,
+                                                            extras, "pt")
+        details[f"by_{spec.fields.breakdown}_lmms"] = _breakdown(spec, samples, preds, answers,
+                                                                 extras, "lmms")
     if task.dropped:
         details["dropped"] = {"n": task.dropped, "reasons": task.drop_reasons}
     multi = sum(s.n_images > 1 for s in samples)
@@ -219,14 +235,17 @@ def score_task(task: PreparedTask, raw: list[str], detector=None) -> TaskScore:
         details["multi_image_samples"] = multi
     result = {
         "score": float(primary.score),
+        "score_lmms": float(lmms[spec.primary_metric].score),
         "chance": sum(s.chance for s in samples) / len(samples),
         "n": len(samples),
         "metric": spec.primary_metric,
         "metrics": {m: float(r.score) for m, r in results.items()},
+        "metrics_lmms": {m: float(r.score) for m, r in lmms.items()},
         "scale": spec.score_scale,
         "details": details,
     }
     labels = dialect_labels(raw, detector) if detector is not None else []
     if detector is not None:
         result["dialect"] = shares_of(labels)
-    return TaskScore(result, preds, list(primary.scores), labels)
+    return TaskScore(result, preds, list(primary.scores), labels,
+                     list(lmms[spec.primary_metric].scores))

@@ -18,9 +18,10 @@ exploded, `generation_kwargs`, `metric_list` with `aggregation` and `higher_is_b
 `aggregate_metric_list` when the members share a headline metric), `amalia_vl_suite.yaml`
 (every exported task), `utils.py` (the `!function` hooks) and `amalia_specs.json` (the task
 specs the hooks read). The hooks call this package: `render_prompt` for `doc_to_text` and
-`components.metrics` in the aggregations, so an lmms-eval score and an `amalia-vl stage
-evaluate` score of the same generations are the same number. `amalia-vl` must be
-importable in the lmms-eval environment.
+`components.metrics` in the aggregations, in the `lmms` scoring mode (lmms-eval's own
+reading of the answers), so an lmms-eval score and the `score_lmms` of an `amalia-vl stage
+evaluate` run on the same generations are the same number. `amalia-vl` must be importable
+in the lmms-eval environment.
 
 Prompt parity with llava_hf: lmms-eval's `llava_hf` prepends "<image>\\n" to a prompt that
 holds no "<image>"; our training and harness render "<image>" + prompt (no newline). The
@@ -142,16 +143,18 @@ class TaskBridge:
 
         return datasets.Dataset.from_list([d for _, _, d in _docs_exploded(self.spec, dataset)])
 
-    def aggregation(self, metric: str):
-        """An lmms-eval aggregation: the metric over every item (corpus metrics included)."""
-        from components.metrics import get_metric
+    def aggregation(self, metric: str, mode: str = "lmms"):
+        """An lmms-eval aggregation: the metric over every item (corpus metrics included),
+        in the `lmms` scoring mode by default."""
+        from components.metrics import check_mode, get_metric
 
         scorer = get_metric(metric)
+        check_mode(mode)
 
         def aggregate(items: list[dict[str, Any]]) -> float:
             result = scorer.evaluate([i["prediction"] for i in items],
                                      [i["answers"] for i in items],
-                                     [i["extras"] for i in items])
+                                     [i["extras"] for i in items], mode=mode)
             return float(result.score)
 
         aggregate.__name__ = f"{self.spec.task}_{metric}"

@@ -132,8 +132,10 @@ def doc_answers(spec: TaskSpec, doc: Mapping[str, Any],
 
 def metric_extras(spec: TaskSpec, doc: Mapping[str, Any], options: list[str] | None,
                   image_size: tuple[int, int] | None) -> dict[str, Any]:
-    """Per-item keywords for the task's metrics: `constants`, mapped `extras`, `options`."""
-    out: dict[str, Any] = dict(spec.fields.constants)
+    """Per-item keywords for the task's metrics: `profile`, `constants`, mapped `extras`,
+    `options`."""
+    out: dict[str, Any] = {"profile": spec.profile} if spec.profile else {}
+    out.update(spec.fields.constants)
     if options:
         out["options"] = options
     for key, field in spec.fields.extras.items():

@@ -27,8 +27,9 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def table_rows(comparison: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per task: task, metric, n, chance, one column per model, and the
-    candidate's (first model's) dialect shares; for `create_table_artifact`."""
+    """One row per task: task, metric, n, chance, one column per model (pt scoring mode),
+    the candidate's (first model's) lmms-mode score and dialect shares; for
+    `create_table_artifact`."""
     models = list(comparison)
     rows = []
     for task in task_names(comparison):
@@ -38,6 +39,8 @@ def table_rows(comparison: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         for m in models:
             entry = comparison[m].get(task)
             row[m] = round(entry["score"], 4) if entry else None
+        lmms = (comparison[models[0]].get(task) or {}).get("score_lmms")
+        row["lmms"] = round(lmms, 4) if lmms is not None else None
         dialect = (comparison[models[0]].get(task) or {}).get("dialect") or {}
         row["pt_PT"] = round(dialect["pt_PT"], 4) if "pt_PT" in dialect else None
         row["pt_BR"] = round(dialect["pt_BR"], 4) if "pt_BR" in dialect else None
@@ -50,17 +53,21 @@ def markdown(comparison: dict[str, dict[str, Any]], *, skipped: dict[str, dict[s
     """The results table, then skipped tasks with their reasons, then the champion note."""
     models = list(comparison)
     out = ["| task | metric | n | chance | " + " | ".join(models)
-           + f" | pt-PT ({candidate}) | pt-BR ({candidate}) |",
-           "|---" * (6 + len(models)) + "|"]
+           + f" | pt-PT ({candidate}) | pt-BR ({candidate}) | lmms ({candidate}) |",
+           "|---" * (7 + len(models)) + "|"]
     for row in table_rows(comparison):
         cells = [_fmt(row[m]) for m in models]
         out.append(f"| {row['task']} | {row['metric']} | {row['n']} | {_fmt(row['chance'])} | "
-                   + " | ".join(cells) + f" | {_fmt(row['pt_PT'], 2)} | {_fmt(row['pt_BR'], 2)} |")
+                   + " | ".join(cells) + f" | {_fmt(row['pt_PT'], 2)} | {_fmt(row['pt_BR'], 2)}"
+                   f" | {_fmt(row['lmms'])} |")
     summary = ["", "| summary | " + " | ".join(models) + " |", "|---" * (1 + len(models)) + "|"]
     for key in ("mean_score", "min_score_over_chance"):
         summary.append(f"| {key} | " + " | ".join(
             _fmt(comparison[m].get("_summary", {}).get(key)) for m in models) + " |")
     out += summary
+    out += ["", f"Scores are the pt scoring mode (lmms-eval's scorer plus the pt-PT "
+            f"extensions); `lmms ({candidate})` is the same metric scored as lmms-eval scores "
+            "it, comparable with published tables."]
     out += ["", "Dialect fidelity: share of each model's answers that the pt-PT/pt-BR variety "
             "detector labels pt-PT and pt-BR (the rest is `unknown`: too short to tell, "
             "e.g. \"3\" or \"B\"). Per model and task in `dialect.json`."]

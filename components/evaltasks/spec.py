@@ -8,12 +8,17 @@ A task says where its documents come from (`dataset`), which document fields hol
 image(s), question, references and options (`fields`), how the pt-PT prompt is built
 (`prompt`), how the answer is cut out of the generation (`extract`), how long greedy
 generation may run (`generation`), which standard metrics score it (`metrics`, names of
-`components.metrics`; the first is the headline score), its chance level and its score
+`components.metrics`; the first is the headline score), which lmms-eval task's answer
+reading those metrics follow (`profile`: `ai2d`, `mmstar`, `seedbench`, `realworldqa`,
+`embspatial`, `mmmu`, `mmmu_pro`, `mmmu_pro_vision`, `textvqa`, `vqav2`), its chance level
+and its score
 scale (`score_scale`: the best possible headline score, by default the headline metric's
 `best`: 10 for CIDEr-D, 2800 for MME, else 1; summaries divide by it, so a scale below
 the metric's best is refused). Every key is
 validated (unknown keys are errors), so a typo fails when the suite is loaded, not after
-an hour of generation.
+an hour of generation; an unknown metric or a profile none of the task's metrics reads is
+refused at load. Every metric is scored in both modes (`pt`, the headline `score`, and
+`lmms`, `score_lmms`: see `components.metrics.base`).
 
 `load_tasks()` reads every YAML of the folders; `resolve(names)` expands groups and fails
 with the list of known names; `list_tasks()` is the `amalia-vl eval-tasks list` face.
@@ -181,6 +186,8 @@ class TaskSpec(_Strict):
     generation: GenerationSpec = GenerationSpec()
     visual: VisualSpec = VisualSpec()
     metrics: list[str] = Field(min_length=1)
+    profile: str | None = Field(None, description="the lmms-eval task whose answer reading "
+                                "the metrics follow (components.metrics.PROFILES)")
     chance: float | Literal["options", "options_in_question"] = 0.0
     score_scale: float = Field(1.0, gt=0, description="the best possible headline score")
     source: SourceSpec = SourceSpec()
@@ -203,6 +210,21 @@ class TaskSpec(_Strict):
         if unknown:
             raise ValueError(f"unknown metrics {unknown}; known: {', '.join(sorted(METRICS))}")
         return v
+
+    @model_validator(mode="after")
+    def _known_profile(self) -> TaskSpec:
+        from components.metrics import PROFILES
+
+        if self.profile is None:
+            return self
+        if self.profile not in PROFILES:
+            raise ValueError(f"unknown profile {self.profile!r}; known: "
+                             f"{', '.join(sorted(PROFILES))}")
+        readers = PROFILES[self.profile]
+        if not any(m in readers for m in self.metrics):
+            raise ValueError(f"profile {self.profile!r} is read by {', '.join(readers)}, "
+                             f"none of which is in metrics {self.metrics}")
+        return self
 
     @model_validator(mode="before")
     @classmethod

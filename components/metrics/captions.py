@@ -2,10 +2,12 @@
 
 Re-implemented in pure Python from the coco-caption scorers (Chen et al. 2015, "Microsoft
 COCO Captions: Data Collection and Evaluation Server"), which lmms-eval's coco/nocaps/flickr
-tasks call. pycocoevalcap itself is not a dependency: its only PyPI release (1.2) is a
-105 MB wheel (METEOR/SPICE jars and paraphrase tables) that also pulls pycocotools, for
-three scorers of a few dozen lines each. tests/test_metrics.py pins values pycocoevalcap 1.2
-produced and compares live whenever it is importable.
+and refcoco tasks call unchanged, so both scoring modes compute the same numbers (METEOR,
+Java upstream, is our own in `meteor.py`). pycocoevalcap itself is not a runtime
+dependency: its only PyPI release (1.2) is a 105 MB wheel (METEOR/SPICE jars and paraphrase
+tables) that also pulls pycocotools, for three scorers of a few dozen lines each.
+tests/test_metrics.py pins values pycocoevalcap 1.2 produced and compares live with it (a
+dev dependency; its BLEU, CIDEr and ROUGE need no Java).
 - `bleu4`: coco's `BleuScorer` (Papineni et al. 2002) with `option="closest"`: clipped
   n-gram counts against the max count over references, corpus-level n-gram precisions with
   coco's epsilons (tiny = 1e-15 in the numerator, small = 1e-9 in the denominator), brevity
@@ -101,7 +103,8 @@ def _bleu_from_stats(stats: list[dict[str, Any]], n: int = 4) -> list[float]:
 
 
 def bleu_corpus(
-    predictions: list[str], answers: list[list[str]], extras: list[dict[str, Any]] | None = None
+    predictions: list[str], answers: list[list[str]], extras: list[dict[str, Any]] | None = None,
+    mode: str = "pt",
 ) -> CorpusResult:
     """Corpus BLEU-4 (coco); details carry BLEU-1..4."""
     stats = [
@@ -114,7 +117,7 @@ def bleu_corpus(
     return CorpusResult(score=bleus[3], scores=per_item, details=details)
 
 
-def sentence_bleu4(prediction: str, answers: list[str]) -> float:
+def sentence_bleu4(prediction: str, answers: list[str], mode: str = "pt") -> float:
     """BLEU-4 of one prediction alone (coco arithmetic, no smoothing)."""
     return _bleu_from_stats([_bleu_stats(tokenize(prediction), [tokenize(a) for a in answers])])[3]
 
@@ -129,7 +132,7 @@ def _lcs(a: list[str], b: list[str]) -> int:
     return int(LCSseq.similarity(a, b))
 
 
-def rouge_l(prediction: str, answers: list[str]) -> float:
+def rouge_l(prediction: str, answers: list[str], mode: str = "pt") -> float:
     """coco ROUGE-L F-measure (beta 1.2) of one prediction against its references."""
     cand = tokenize(prediction)
     if not cand or not answers:
@@ -204,7 +207,8 @@ def cider_scores(predictions: list[str], answers: list[list[str]], n: int = 4) -
 
 
 def cider_corpus(
-    predictions: list[str], answers: list[list[str]], extras: list[dict[str, Any]] | None = None
+    predictions: list[str], answers: list[list[str]], extras: list[dict[str, Any]] | None = None,
+    mode: str = "pt",
 ) -> CorpusResult:
     """Mean CIDEr-D over the set; per-item CIDEr-D in `scores`."""
     scores = cider_scores(predictions, answers)
@@ -212,6 +216,6 @@ def cider_corpus(
     return CorpusResult(score=mean, scores=list(scores))
 
 
-def cider_one(prediction: str, answers: list[str]) -> float:
+def cider_one(prediction: str, answers: list[str], mode: str = "pt") -> float:
     """CIDEr-D of a one-item set: always 0 (idf is log(1) = 0); use the corpus function."""
     return cider_scores([prediction], [answers])[0]

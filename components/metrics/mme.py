@@ -9,12 +9,15 @@ task): every image has two yes/no questions. Per subtask,
 Perception = sum of the 10 perception subtask scores (at most 2000), cognition = sum of the 4
 cognition subtasks (at most 800); `mme` is their sum. A subtask absent from the file adds 0.
 
-Answers are parsed by `normalise_yes_no` (MME's `parse_pred_ans` with "sim"/"não");
-an unparseable answer is "other" and wrong. Items need `category` (the subtask name, case
-and spaces ignored: "OCR", "commonsense reasoning") and an image key: `image_id` if present,
-else `question_id` (in the lmms-eval MME set the question id is the image path). The
-official code requires exactly two questions per image; we accept any number and count an
-image for acc+ when all its questions are right.
+Answers are parsed by `normalise_yes_no`: MME's `parse_pred_ans` (lmms-eval 0.7.3
+`mme/utils.py`) in the lmms mode, with "sim"/"não" and the em+o guard in the pt mode; an
+unparseable answer is "other" and wrong. References are read with "sim"/"não" in both
+modes (lmms-eval asserts English ones; ours are translated). Items need `category` (the
+subtask name, case and spaces ignored: "OCR", "commonsense reasoning") and an image key:
+`image_id` if present, else `question_id` (in the lmms-eval MME set the question id is the
+image path). The official code requires exactly two questions per image (and lmms-eval
+asserts it); we accept any number and count an image for acc+ when all its questions are
+right, which is the same number for pairs.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from collections import defaultdict
 from typing import Any
 
 from components.metrics.base import CorpusResult
-from components.metrics.text import normalise_yes_no
+from components.metrics.text import PT, normalise_yes_no
 
 PERCEPTION = (
     "existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
@@ -42,17 +45,18 @@ def subtask(category: str) -> str:
     return name
 
 
-def mme_correct(prediction: str, answers: list[str]) -> float:
+def mme_correct(prediction: str, answers: list[str], mode: str = PT) -> float:
     """1.0 if the parsed yes/no of the prediction equals the reference's."""
     gold = {normalise_yes_no(a) for a in answers}
     if len(gold) != 1 or None in gold:
         raise ValueError(f"MME references must be yes/no (sim/não): {answers!r}")
-    pred = normalise_yes_no(prediction)
+    pred = normalise_yes_no(prediction, mode)
     return float(pred is not None and pred in gold)
 
 
 def mme_scores(
-    predictions: list[str], answers: list[list[str]], extras: list[dict[str, Any]]
+    predictions: list[str], answers: list[list[str]], extras: list[dict[str, Any]],
+    mode: str = PT,
 ) -> tuple[dict[str, float], list[float]]:
     """Per-subtask scores plus `perception`, `cognition`, `total`; and per-item correctness."""
     per_item: list[float] = []
@@ -63,7 +67,7 @@ def mme_scores(
         image = extra.get("image_id", extra.get("question_id"))
         if image is None:
             raise ValueError(f"MME item {i} has no 'image_id' or 'question_id' to pair questions")
-        correct = mme_correct(pred, refs)
+        correct = mme_correct(pred, refs, mode)
         per_item.append(correct)
         by_task[subtask(extra["category"])][str(image)].append(correct)
 
@@ -83,9 +87,10 @@ def mme_corpus(key: str):
     """A corpus function whose score is `mme_scores(...)[key]`."""
 
     def corpus(
-        predictions: list[str], answers: list[list[str]], extras: list[dict[str, Any]]
+        predictions: list[str], answers: list[list[str]], extras: list[dict[str, Any]],
+        mode: str = PT,
     ) -> CorpusResult:
-        details, per_item = mme_scores(predictions, answers, extras)
+        details, per_item = mme_scores(predictions, answers, extras, mode)
         return CorpusResult(score=details[key], scores=list(per_item), details=details)
 
     return corpus

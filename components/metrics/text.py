@@ -1,60 +1,71 @@
 """Short-answer text metrics: exact match, token F1, ANLS, relaxed accuracy, OCRBench, yes/no.
 
-Definitions followed (each a max over the reference answers):
-- `exact_match`: normalised string equality (NFC, case, whitespace; sentence punctuation,
-  quotes and brackets stripped at both ends).
-- yes/no in either language: in `exact_match`, `token_f1` and `relaxed_accuracy` a whole
-  answer "sim"/"yes" is the canonical "yes" and "não"/"nao"/"no" the canonical "no"
-  (`canonical_yes_no`), so "Sim." scores against a "Yes" reference. Only whole answers are
-  mapped: inside a sentence "no" is the pt-PT contraction em+o.
-- `token_f1`: SQuAD v1.1 `f1_score` (Rajpurkar et al. 2016, official `evaluate-v1.1.py`):
-  lower-case, drop punctuation, drop articles, bag-of-tokens F1. The article set is SQuAD's
-  "a an the" plus the Portuguese "o a os as um uma uns umas"; punctuation is every Unicode
-  punctuation character (SQuAD uses ASCII `string.punctuation`), so «», “” and … go too. Two
-  empty token lists score 1 (SQuAD v2 rule), one empty list scores 0.
-- `anls`: Average Normalized Levenshtein Similarity (Biten et al. 2019, ST-VQA; DocVQA and
-  InfographicVQA), exactly as lmms-eval's `anls` metric (from Qwen-VL's
-  `infographicsvqa_eval.py`) computes it: both sides become `" ".join(x.strip().lower()
-  .split())`, NL = lev(gold, pred) / max(len(raw gold), len(raw pred)) with the lengths of
-  the raw strings (as upstream, `len(x.upper())`), score = 1 - min NL over the answers, and
-  a score below the threshold 0.5 becomes 0. So NL == 0.5 scores 0.5, where the paper's
-  "NL < tau" would give 0; no Unicode normalisation is applied (upstream applies none).
-  The edit distance is rapidfuzz's (C++, the same unit-cost Levenshtein as upstream's
-  pure-Python loop; a 3,000-character transcription takes milliseconds, not seconds).
-- `relaxed_accuracy`: ChartQA `relaxed_correctness` (Masry et al. 2022; pix2struct and
-  lmms-eval code): when both sides parse as numbers (a trailing "%" divides by 100) and the
-  target is non-zero, correct iff |p - t| / |t| <= 0.05; otherwise case-insensitive string
-  equality (yes/no words canonical, see above). pt-PT extension in `parse_number`:
-  "1.050,5" and "1 050,5" = 1050.5, "12,5" = 12.5, while every string Python's float()
-  reads keeps its English meaning ("1.050" = 1.05) and "1,050" / "1,050.5" keep the English
-  thousands comma. Surrounding whitespace is stripped before the string comparison (the
-  official code compares raw strings).
-- `ocrbench_accuracy`: OCRBench (Liu et al. 2023; lmms-eval `ocrbench_process_results`):
-  1 if the lower-cased, newline-flattened answer is a substring of the lower-cased prediction;
-  for HME100k items (`dataset == "HME100k"`) all spaces are removed from both first. The
-  official code lower-cases the prediction but not the HME100k answer; we lower-case neither
-  for HME100k, because LaTeX is case-sensitive (`\\Alpha` vs `\\alpha`).
-- `normalise_yes_no`: MME's `parse_pred_ans` (lmms-eval, from Otter) with Portuguese: "sim"
-  counts as yes, "não"/"nao" as no (whole answer or first word) before the English rule
-  ("yes"/"no" exact, "y"/"n", else "yes"/"no" within the first 4 characters). In text that
-  reads as Portuguese (`reads_portuguese`) the "no" of that prefix rule counts only as a
-  standalone first word followed by punctuation or the end ("No, não há." -> no), since
-  "No sofá há um gato" opens with the contraction em+o, not with "no".
+Every function takes `mode` (`lmms` | `pt`, see `base.py`); the pt mode runs the lmms steps
+and adds ours. References (lmms-eval 0.7.3 unless said otherwise) and what pt adds:
+
+- `exact_match`: lmms-eval's `exact_match` metric (HF `evaluate`'s exact_match) as its task
+  YAMLs configure it (`ignore_case`, `ignore_punctuation`): lower-case, delete every ASCII
+  punctuation character (`string.punctuation`, anywhere: "C++" equals "C", "e-mail" equals
+  "email"), then plain equality; whitespace is not normalised. pt adds: NFC, Unicode
+  punctuation deleted too («», “”, …), whitespace runs collapsed and trimmed, and a whole
+  yes/no answer in either language canonical ("Sim." = "yes", "NÃO" = "no":
+  `canonical_yes_no`; only whole answers: inside a sentence "no" is the pt-PT em+o).
+- `token_f1`: no lmms-eval task uses it; the lmms mode is SQuAD v1.1's official `f1_score`
+  (Rajpurkar et al. 2016, `evaluate-v1.1.py`): lower-case, ASCII punctuation deleted,
+  articles "a an the" dropped, bag-of-tokens F1, 0 when nothing is shared (two empty answers
+  included). pt: every Unicode punctuation character, the Portuguese articles "o a os as um
+  uma uns umas" too, two empty token lists score 1 (SQuAD v2), yes/no canonical.
+- `anls`: lmms-eval's `anls` metric (from Qwen-VL's `infographicsvqa_eval.py`): both sides
+  become `" ".join(x.strip().lower().split())`, NL = lev / max(len(raw reference.upper()),
+  len(raw prediction.upper())), score = 1 - min NL over the answers, below 0.5 it is 0 (so
+  NL == 0.5 keeps 0.5, where the paper's "NL < tau" gives 0). The prediction reaches it
+  stripped (the model wrapper strips), the reference does not: a reference with stray spaces
+  is measured with them. pt (bug fix): NFC and the lengths of the normalised strings, as the
+  ST-VQA definition (Biten et al. 2019) says. The edit distance is rapidfuzz's (the same
+  unit-cost Levenshtein as upstream's pure-Python loop, in milliseconds).
+- `relaxed_accuracy`: ChartQA `relaxed_correctness` (Masry et al. 2022; lmms-eval
+  `chartqa/utils.py`): both sides read by Python's `float()` (a trailing "%" divides by
+  100), when the target is a non-zero number |p - t| / |t| <= 0.05, else case-insensitive
+  string equality of the raw strings. `float()` reads more than digits: "1_000" is 1000,
+  " 12 " is 12, and the words "nan", "inf", "infinity" are numbers, so an answer "NaN" or
+  "Infinity" never equals itself (nan compares false): a bug; pt reads those as words.
+  pt adds `parse_number`'s pt-PT notation ("1.050,5", "1 050,5" = 1050.5, "12,5" = 12.5)
+  after `float()` (so every string float() reads keeps its English meaning: "1.050" = 1.05),
+  a "%" after a space, trimmed strings and canonical yes/no for the string comparison.
+- `ocrbench_accuracy`: OCRBench (lmms-eval `ocrbench_process_results`): 1 if the answer is a
+  substring of the prediction, both lower-cased, stripped, newlines as spaces, fullwidth
+  ASCII (U+FF01-FF5E) and the ideographic space folded to ASCII; for HME100k items
+  (`dataset == "HME100k"`) all spaces removed and case kept (LaTeX is case-sensitive). pt
+  adds NFC and collapsed whitespace runs (and the fullwidth fold for HME100k too).
+  lmms-eval reports the sum of 0/1 scores divided by 1000 whatever the number of items (and
+  adds into a module-level dict, so a second aggregation in one process doubles): we report
+  the mean in both modes (equal on the full 1000-item set).
+- `normalise_yes_no` (MME's `parse_pred_ans`, from Otter): lower-case, strip, delete ".";
+  "yes"/"no" exact, "y"/"n", else "yes" then "no" searched in the first 4 characters ("Not
+  sure" is no), else other (None). pt adds "sim" (and "s") as yes, "não"/"nao" as no (whole
+  answer or first word) before the English rule, and in text that reads as Portuguese
+  (`reads_portuguese`) the "no" of the prefix rule counts only as a standalone first word
+  followed by punctuation or the end ("No, não há." -> no), since "No sofá há um gato"
+  opens with the contraction em+o.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import string
 import unicodedata
 from collections.abc import Iterable
 
 from rapidfuzz.distance import Levenshtein as _Levenshtein
 
+LMMS, PT = "lmms", "pt"
+
 # ---------------------------------------------------------------- normalisation helpers
 
 _SYMBOLS = "`^$+=<>|~"
 _WS = re.compile(r"\s+")
+_ASCII_PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def nfc(text: str) -> str:
@@ -97,14 +108,27 @@ def canonical_yes_no(text: str) -> str:
     return YES_NO.get(strip_punct(nfc(text)).lower(), text)
 
 
-def _match_key(text: str) -> str:
-    return canonical_yes_no(normalise_text(text))
+def lmms_exact_key(text: str) -> str:
+    """HF exact_match with ignore_case + ignore_punctuation: lower, ASCII punctuation gone."""
+    return text.lower().translate(_ASCII_PUNCT)
 
 
-def exact_match(prediction: str, answers: list[str]) -> float:
-    """1.0 if the normalised prediction equals any normalised answer (yes/no canonical)."""
-    pred = _match_key(prediction)
-    return float(any(pred == _match_key(a) for a in answers))
+def pt_exact_key(text: str) -> str:
+    """The lmms key, then NFC, every Unicode punctuation mark, whitespace, yes/no."""
+    key = lmms_exact_key(nfc(text))
+    key = "".join(ch for ch in key if not _is_punct(ch) or ch in _SYMBOLS)
+    return canonical_yes_no(_WS.sub(" ", key).strip())
+
+
+def exact_match(prediction: str, answers: list[str], mode: str = PT) -> float:
+    """1.0 if the prediction equals an answer after the mode's normalisation (module doc)."""
+    pred = lmms_exact_key(prediction)
+    if any(pred == lmms_exact_key(a) for a in answers):
+        return 1.0
+    if mode == LMMS:
+        return 0.0
+    pred = pt_exact_key(prediction)
+    return float(any(pred == pt_exact_key(a) for a in answers))
 
 
 # ---------------------------------------------------------------- is it Portuguese?
@@ -128,28 +152,31 @@ def reads_portuguese(words: Iterable[str]) -> bool:
 
 # ---------------------------------------------------------------- token F1 (SQuAD)
 
-ARTICLES = frozenset({"a", "an", "the", "o", "os", "as", "um", "uma", "uns", "umas"})
+SQUAD_ARTICLES = frozenset({"a", "an", "the"})
+ARTICLES = SQUAD_ARTICLES | frozenset({"o", "os", "as", "um", "uma", "uns", "umas"})
 
 
-def squad_normalise(text: str) -> str:
-    """SQuAD `normalize_answer` with Unicode punctuation and pt-PT articles."""
+def squad_normalise(text: str, mode: str = PT) -> str:
+    """SQuAD `normalize_answer`; pt: Unicode punctuation and pt-PT articles too."""
+    if mode == LMMS:
+        text = text.lower().translate(_ASCII_PUNCT)
+        return " ".join(t for t in text.split() if t not in SQUAD_ARTICLES)
     text = nfc(text).lower()
     text = "".join(ch for ch in text if not _is_punct(ch))  # deleted, as SQuAD: 1,000 -> 1000
-    tokens = [t for t in text.split() if t not in ARTICLES]
-    return " ".join(tokens)
+    return " ".join(t for t in text.split() if t not in ARTICLES)
 
 
-def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
+def _f1(pred_tokens: list[str], gold_tokens: list[str], mode: str) -> float:
     if not pred_tokens or not gold_tokens:
-        return float(pred_tokens == gold_tokens)
-    common: dict[str, int] = {}
+        return float(mode == PT and pred_tokens == gold_tokens)
     gold_counts: dict[str, int] = {}
     for t in gold_tokens:
         gold_counts[t] = gold_counts.get(t, 0) + 1
+    same = 0
     for t in pred_tokens:
-        if gold_counts.get(t, 0) > common.get(t, 0):
-            common[t] = common.get(t, 0) + 1
-    same = sum(common.values())
+        if gold_counts.get(t, 0) > 0:
+            gold_counts[t] -= 1
+            same += 1
     if same == 0:
         return 0.0
     precision = same / len(pred_tokens)
@@ -157,14 +184,15 @@ def _f1(pred_tokens: list[str], gold_tokens: list[str]) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _f1_tokens(text: str) -> list[str]:
-    return canonical_yes_no(squad_normalise(text)).split()
+def _f1_tokens(text: str, mode: str) -> list[str]:
+    norm = squad_normalise(text, mode)
+    return (canonical_yes_no(norm) if mode == PT else norm).split()
 
 
-def token_f1(prediction: str, answers: list[str]) -> float:
-    """SQuAD token F1, max over answers (a whole yes/no answer is canonical first)."""
-    pred = _f1_tokens(prediction)
-    return max((_f1(pred, _f1_tokens(a)) for a in answers), default=0.0)
+def token_f1(prediction: str, answers: list[str], mode: str = PT) -> float:
+    """SQuAD token F1, max over answers (pt: a whole yes/no answer is canonical first)."""
+    pred = _f1_tokens(prediction, mode)
+    return max((_f1(pred, _f1_tokens(a, mode), mode) for a in answers), default=0.0)
 
 
 # ---------------------------------------------------------------- ANLS
@@ -179,19 +207,21 @@ def _anls_norm(text: str) -> str:
     return " ".join(text.strip().lower().split())
 
 
-def anls(prediction: str, answers: list[str], threshold: float = 0.5) -> float:
-    """lmms-eval's `anls` for one item: 1 - min NL over answers, 0 below `threshold`.
-
-    NL divides the distance of the normalised strings by the longer *raw* string, as
-    upstream does (`max(len(answer.upper()), len(prediction.upper()))`).
-    """
+def anls(prediction: str, answers: list[str], threshold: float = 0.5, mode: str = PT) -> float:
+    """ANLS of one item: 1 - min NL over answers, 0 below `threshold` (module doc)."""
     if not answers:
         return 0.0
+    if mode == PT:
+        prediction, answers = nfc(prediction), [nfc(a) for a in answers]
     pred = _anls_norm(prediction)
     values = []
     for answer in answers:
-        length = max(len(answer.upper()), len(prediction.upper()))
-        dist = levenshtein(_anls_norm(answer), pred)
+        gold = _anls_norm(answer)
+        if mode == LMMS:  # sic: the raw strings' lengths, upper-cased ("ß" counts 2)
+            length = max(len(answer.upper()), len(prediction.upper()))
+        else:
+            length = max(len(gold), len(pred))
+        dist = levenshtein(gold, pred)
         values.append(0.0 if length == 0 else dist / length)
     score = 1.0 - min(values)
     return 0.0 if score < threshold else score
@@ -207,21 +237,30 @@ _PT_DECIMAL = re.compile(r"^[+-]?\d+,\d+$")
 _SPACE_THOUSANDS = re.compile(rf"^[+-]?\d{{1,3}}(?:{_SPACES}\d{{3}})+(?:[.,]\d+)?$")
 
 
+def python_float(text: str) -> float | None:
+    """`float(text)` or None: what lmms-eval's scorers read as a number ("1_000", " 12 ",
+    "nan" and "inf" included)."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def parse_number(text: str) -> float | None:
-    """A number written in English or pt-PT notation, or None.
+    """A finite number written in English or pt-PT notation, or None.
 
     Order matters and is what keeps English intact: anything Python's float() reads is
-    taken as English first ("1.050" -> 1.05); "1,050" / "1,050.5" are English thousands;
-    only then "1.050,5" / "1.000.000" (dots for thousands), "12,5" (decimal comma) and
-    "1 050,5" (pt-PT space for thousands) are read as pt-PT. NaN and infinities are not
-    numbers here.
+    taken as English first ("1.050" -> 1.05, "1_000" -> 1000); "1,050" / "1,050.5" are English
+    thousands; only then "1.050,5" / "1.000.000" (dots for thousands), "12,5" (decimal
+    comma) and "1 050,5" (pt-PT space for thousands) are read as pt-PT. NaN and infinities
+    are words here, not numbers.
     """
     s = nfc(text).strip().replace("\u2212", "-")
     if not s:
         return None
-    value: float | None = None
-    if _PLAIN.match(s):
-        value = float(s)
+    value = python_float(s) if _PLAIN.match(s) or "_" in s else None
+    if value is not None:
+        pass
     elif _EN_THOUSANDS.match(s):
         value = float(s.replace(",", ""))
     elif _PT_THOUSANDS.match(s):
@@ -235,46 +274,65 @@ def parse_number(text: str) -> float | None:
     return value
 
 
-def _to_float(text: str) -> float | None:
+def _to_float(text: str, mode: str) -> float | None:
     """ChartQA `_to_float`: a trailing % means percent (divide by 100)."""
+    if mode == LMMS:
+        if text.endswith("%"):
+            value = python_float(text.rstrip("%"))
+            return None if value is None else value / 100.0
+        return python_float(text)
     s = text.strip()
-    if s.endswith("%"):
-        value = parse_number(s.rstrip("%"))
-        return None if value is None else value / 100.0
-    return parse_number(s)
+    percent = s.endswith("%")
+    value = parse_number(s.rstrip("%") if percent else s)
+    return None if value is None else value / 100.0 if percent else value
 
 
-def relaxed_correctness(target: str, prediction: str, max_relative_change: float = 0.05) -> bool:
+def relaxed_correctness(target: str, prediction: str, max_relative_change: float = 0.05,
+                        mode: str = PT) -> bool:
     """ChartQA: numbers within 5% of the target, else case-insensitive string equality
-    (a yes/no answer in either language compared as its canonical 'yes' / 'no')."""
-    pred_f = _to_float(prediction)
-    target_f = _to_float(target)
+    (pt: trimmed, a yes/no answer in either language compared as its canonical form)."""
+    pred_f = _to_float(prediction, mode)
+    target_f = _to_float(target, mode)
     if pred_f is not None and target_f:  # target 0 falls back to strings, as upstream
         return abs(pred_f - target_f) / abs(target_f) <= max_relative_change
-    return _relaxed_key(prediction) == _relaxed_key(target)
+    if prediction.lower() == target.lower():
+        return True
+    return mode == PT and _relaxed_key(prediction) == _relaxed_key(target)
 
 
 def _relaxed_key(text: str) -> str:
-    return canonical_yes_no(text.strip().lower())
+    return canonical_yes_no(_WS.sub(" ", nfc(text).strip().lower()))
 
 
-def relaxed_accuracy(prediction: str, answers: list[str]) -> float:
+def relaxed_accuracy(prediction: str, answers: list[str], mode: str = PT) -> float:
     """ChartQA relaxed accuracy, max over answers."""
-    return float(any(relaxed_correctness(a, prediction) for a in answers))
+    return float(any(relaxed_correctness(a, prediction, mode=mode) for a in answers))
 
 
 # ---------------------------------------------------------------- OCRBench
 
 
-def ocrbench_accuracy(prediction: str, answers: list[str], dataset: str | None = None) -> float:
+def fold_fullwidth(text: str) -> str:
+    """Fullwidth ASCII (U+FF01-FF5E) to ASCII and the ideographic space to a space."""
+    return "".join(chr(ord(c) - 0xFEE0) if 0xFF01 <= ord(c) <= 0xFF5E
+                   else " " if c == "\u3000" else c for c in text)
+
+
+def _ocr_key(text: str, hme: bool, mode: str) -> str:
+    if mode == PT:
+        text = fold_fullwidth(nfc(text))
+    if hme:
+        return text.strip().replace("\n", " ").replace(" ", "")
+    key = fold_fullwidth(text).lower().strip().replace("\n", " ")
+    return _WS.sub(" ", key) if mode == PT else key
+
+
+def ocrbench_accuracy(prediction: str, answers: list[str], dataset: str | None = None,
+                      mode: str = PT) -> float:
     """OCRBench: the normalised answer occurs in the normalised prediction."""
-    if dataset == "HME100k":
-        pred = prediction.strip().replace("\n", " ").replace(" ", "")
-        golds = [a.strip().replace("\n", " ").replace(" ", "") for a in answers]
-    else:
-        pred = prediction.lower().strip().replace("\n", " ")
-        golds = [a.lower().strip().replace("\n", " ") for a in answers]
-    return float(any(g in pred for g in golds))
+    hme = dataset == "HME100k"
+    pred = _ocr_key(prediction, hme, mode)
+    return float(any(_ocr_key(a, hme, mode) in pred for a in answers))
 
 
 # ---------------------------------------------------------------- yes / no
@@ -284,8 +342,23 @@ _NO_WORDS = frozenset(w for w, label in YES_NO.items() if label == "no")
 _STANDALONE_NO = re.compile(r"^no(?=[^\w\s]|$)")
 
 
-def normalise_yes_no(text: str) -> str | None:
-    """'yes', 'no' or None (MME's "other"); Portuguese sim/não understood."""
+def _mme_parse(s: str) -> str | None:
+    """MME `parse_pred_ans` on an already lower-cased, stripped, period-free text."""
+    if s in ("yes", "no"):
+        return s
+    if len(s) == 1:
+        return {"y": "yes", "n": "no"}.get(s)
+    if "yes" in s[:4]:
+        return "yes"
+    if "no" in s[:4]:
+        return "no"
+    return None
+
+
+def normalise_yes_no(text: str, mode: str = PT) -> str | None:
+    """'yes', 'no' or None (MME's "other"); pt: Portuguese sim/não understood."""
+    if mode == LMMS:
+        return _mme_parse(text.lower().strip().replace(".", ""))
     s = nfc(text).lower().strip().replace(".", "")
     if s in _YES_WORDS:
         return "yes"
@@ -299,12 +372,10 @@ def normalise_yes_no(text: str) -> str | None:
         return "yes"
     if first in ("não", "nao"):
         return "no"
-    prefix = s[:4]
-    if "yes" in prefix:
-        return "yes"
-    if "no" in prefix and (opens_with_standalone_no(s) or not reads_portuguese(words)):
-        return "no"
-    return None
+    label = _mme_parse(s)
+    if label == "no" and not (opens_with_standalone_no(s) or not reads_portuguese(words)):
+        return None
+    return label
 
 
 def opens_with_standalone_no(text: str) -> bool:
@@ -313,9 +384,9 @@ def opens_with_standalone_no(text: str) -> bool:
     return _STANDALONE_NO.match(nfc(text).strip().lower()) is not None
 
 
-def yes_no_accuracy(prediction: str, answers: list[str]) -> float:
+def yes_no_accuracy(prediction: str, answers: list[str], mode: str = PT) -> float:
     """1.0 if the prediction's yes/no label equals any answer's (unparseable is wrong)."""
-    pred = normalise_yes_no(prediction)
+    pred = normalise_yes_no(prediction, mode)
     if pred is None:
         return 0.0
-    return float(any(pred == normalise_yes_no(a) for a in answers))
+    return float(any(pred == normalise_yes_no(a, PT) for a in answers))

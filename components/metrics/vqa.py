@@ -1,46 +1,49 @@
-"""VQA accuracy: the VQAv2 10-annotator consensus formula with the official normalisation.
+"""VQA accuracy: the 10-annotator consensus formula with the official answer processors.
 
-Definition (Antol et al. 2015; Goyal et al. 2017; official `vqaEval.py` of the VQA API, as
-used by lmms-eval's vqav2/textvqa/vizwiz tasks): with the human answers a_1..a_n,
+Definition (Antol et al. 2015; Goyal et al. 2017; official `vqaEval.py`): with the human
+answers a_1..a_n,
 
     acc = mean over i of min(1, #{j != i : a_j == prediction} / 3)
 
-i.e. the mean over the n leave-one-out subsets of n-1 annotators of min(1, matches / 3). With
-the usual n = 10 this is "100% if at least 3 humans said it", averaged over subsets. With
-fewer answers the same formula runs over what is given (so 2 identical answers give at most
-1/3 each); with a single answer no leave-one-out subset exists and the score is plain
-normalised equality (the literal formula would always give 0).
+i.e. the mean over the n leave-one-out subsets of n-1 annotators of min(1, matches / 3)
+("100% if at least 3 humans said it", averaged over subsets). lmms-eval normalises the
+prediction and every reference (the official script normalises references only when they
+disagree: VQAv2's are pre-normalised), and so do we.
 
-Normalisation (`normalise_vqa_answer`), from `processPunctuation` + `processDigitArticle`:
-- newlines/tabs to spaces; the listed punctuation is deleted when it touches a space or
-  when the text has a comma between digits, and replaced by a space otherwise; a period not
-  followed by a digit is deleted;
-- lower-case; number words to digits ("two" -> "2", "none" -> "0"); articles a/an/the
-  dropped; the apostrophe-less English contractions restored ("dont" -> "don't").
-pt-PT extensions (same steps, more table entries):
+Two answer processors, chosen by `profile` (the task YAML's `profile:`), as lmms-eval 0.7.3:
+- `textvqa` (`textvqa_process_results`: the whole `EvalAIAnswerProcessor`, from MMF):
+  lower-case, delete every "," and "?", "'s" -> " 's" (so "1,000" is "1000" and the
+  digit-comma rule below never fires), then the punctuation and digit/article steps;
+- `vqav2` (the default; `vqav2_process_results`): newlines/tabs to spaces, strip, then only
+  `process_punctuation` + `process_digit_article` (commas survive until the punctuation
+  step: "1,000" is "1000" through the digit-comma rule, "a,b" is "a b").
+`process_punctuation`: the listed punctuation is deleted when it touches a space or when the
+text has a comma between digits, and replaced by a space otherwise; a period not followed by
+a digit is deleted (upstream passes `re.UNICODE` as the substitution count, so only the first
+32 periods go: kept in the lmms mode). `process_digit_article`: lower-case, number words to
+digits ("two" -> "2", "none" -> "0"), articles a/an/the dropped, apostrophe-less English
+contractions restored ("dont" -> "don't").
+With one reference the leave-one-out formula has no other annotator and scores 0: lmms-eval
+computes exactly that (a bug for sets with one answer); pt scores plain normalised equality.
+
+pt-PT extensions (the same steps with more table entries):
 - number words zero..dez ("dois"/"duas" -> "2", "três"/"tres" -> "3", "nenhum(a)" -> "0");
   "um"/"uma" are "1" only when they are the whole answer, and articles otherwise;
 - articles o/a/os/as/um/uma/uns/umas dropped;
 - preposition+article contractions reduced to the preposition in multi-word answers
   ("no carro" -> "em carro", "da casa" -> "de casa"; "à"/"ao" vanish like the article "a"):
-  "do"/"de o" and "no"/"em o" then agree.
-  A one-word "no" is left alone (it is the English answer "no");
-- "sim"/"não" (also "nao") map to "yes"/"no" so yes/no questions score whichever language
-  the references use;
+  "do"/"de o" and "no"/"em o" then agree. A one-word "no" is left alone (English "no");
+- "sim"/"não" (also "nao") map to "yes"/"no";
 - a decimal comma between digits ("2,5", i.e. one or two digits after the comma) becomes a
-  period before the official comma rule would delete it ("2,5" stays 2.5, not 25);
-  "1,000" keeps the English meaning (-> "1000").
-Deviation: the official script normalises the references only when they disagree and the
-prediction always (VQAv2 references are pre-normalised); ours are not, so both are always
-normalised. The official period rule is applied to every period, not to the first 32 (the
-official code passes `re.UNICODE` as the substitution count).
+  period before the comma rules would delete it ("2,5" stays 2.5, not 25); "1,000" keeps
+  the English meaning (-> "1000"); NFC first; every period is processed.
 """
 
 from __future__ import annotations
 
 import re
 
-from components.metrics.text import nfc
+from components.metrics.text import LMMS, PT, nfc
 
 _CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've",
@@ -104,20 +107,26 @@ _PUNCTUATIONS = [
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")  # sic: upstream's lookbehind typo kept
 _COMMA_STRIP = re.compile(r"(\d)(,)(\d)")
 _PT_DECIMAL_COMMA = re.compile(r"(?<=\d),(?=\d{1,2}(?!\d))")
+_EN_NUMBERS = {k: v for k, v in list(_NUMBERS.items())[:12]}
+_EN_ARTICLES = frozenset({"a", "an", "the"})
+VQA_PROFILES = ("vqav2", "textvqa")
 
 
-def _process_punctuation(text: str) -> str:
+def _process_punctuation(text: str, count: int = 0) -> str:
     out = text
     for p in _PUNCTUATIONS:
         if (p + " " in text or " " + p in text) or _COMMA_STRIP.search(text) is not None:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    return _PERIOD_STRIP.sub("", out)
+    return _PERIOD_STRIP.sub("", out, count=count)
 
 
-def _process_digit_article(text: str) -> str:
+def _process_digit_article(text: str, mode: str = PT) -> str:
     words = text.lower().split()
+    if mode == LMMS:
+        out = [_EN_NUMBERS.get(w, w) for w in words]
+        return " ".join(_CONTRACTIONS.get(w, w) for w in out if w not in _EN_ARTICLES)
     if len(words) == 1 and words[0] in _PT_ONE:
         return "1"
     out = []
@@ -133,20 +142,32 @@ def _process_digit_article(text: str) -> str:
     return " ".join(_YES_NO.get(w, w) for w in out)
 
 
-def normalise_vqa_answer(text: str) -> str:
-    """Official VQA answer normalisation plus the pt-PT entries listed in the module doc."""
-    text = nfc(text).replace("\n", " ").replace("\t", " ").strip()
-    text = _PT_DECIMAL_COMMA.sub(".", text)
-    return _process_digit_article(_process_punctuation(text))
+def _word_tokenize(text: str) -> str:
+    """EvalAI's first step (TextVQA): lower-case, no "," or "?", "'s" -> " 's"."""
+    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
 
 
-def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """VQAv2 consensus accuracy of one prediction against its human answers."""
+def normalise_vqa_answer(text: str, profile: str = "vqav2", mode: str = PT) -> str:
+    """The answer processor of `profile` (module doc); pt adds the pt-PT entries."""
+    if profile not in VQA_PROFILES:
+        raise ValueError(f"unknown VQA profile {profile!r}; known: {', '.join(VQA_PROFILES)}")
+    if mode == PT:
+        text = _PT_DECIMAL_COMMA.sub(".", nfc(text))
+    if profile == "textvqa":
+        text = _word_tokenize(text)
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    text = _process_punctuation(text, count=32 if mode == LMMS else 0)
+    return _process_digit_article(text, mode)
+
+
+def vqa_accuracy(prediction: str, answers: list[str], profile: str = "vqav2",
+                 mode: str = PT) -> float:
+    """VQA consensus accuracy of one prediction against its human answers."""
     if not answers:
         return 0.0
-    pred = normalise_vqa_answer(prediction)
-    gold = [normalise_vqa_answer(a) for a in answers]
-    if len(gold) == 1:
+    pred = normalise_vqa_answer(prediction, profile, mode)
+    gold = [normalise_vqa_answer(a, profile, mode) for a in answers]
+    if len(gold) == 1 and mode == PT:
         return float(pred == gold[0])
     accs = []
     for i in range(len(gold)):
