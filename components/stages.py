@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.errors import AmaliaError, MissingInputError
+from components.errors import AmaliaError, MissingInputError, resource_error
 from components.manifest import read_manifest, write_manifest
 from components.settings import Settings
 
@@ -161,12 +161,18 @@ def run_stage(
         _clear(ctx.out_dir, keep)
     ws.barrier()
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    output = spec.function()(ctx)
-    if not ws.is_main:
-        return output, {}
-    manifest = write_manifest(
-        ctx.out_dir, name, inputs=inputs, counts=output.counts, metrics=output.metrics,
-        config_digest=settings.digest(), started=started,
-        extra={"profile": settings.profile, **output.extra},
-    )
+    try:
+        output = spec.function()(ctx)
+        if not ws.is_main:
+            return output, {}
+        manifest = write_manifest(
+            ctx.out_dir, name, inputs=inputs, counts=output.counts, metrics=output.metrics,
+            config_digest=settings.digest(), started=started,
+            extra={"profile": settings.profile, **output.extra},
+        )
+    except (OSError, MemoryError, RuntimeError) as exc:
+        resource = resource_error(name, exc, run_dir)
+        if resource is None:
+            raise
+        raise resource from exc
     return output, manifest
