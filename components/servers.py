@@ -96,6 +96,8 @@ def command(name: str, host: str, port: int, root: Path) -> tuple[list[str], dic
             "PREFECT_HOME": str(home),  # its SQLite database: <state>/prefect/prefect.db
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
+            # the UI calls the API at this URL (default :4200, wrong on any other port)
+            "PREFECT_UI_API_URL": f"{_url(host, port)}/api",
         })
         env.pop("PREFECT_API_URL", None)  # the server must not try to reach itself
         return [sys.executable, "-m", "prefect", "server", "start", "--host", host,

@@ -132,6 +132,9 @@ def test_server_start_status_stop_round_trip(state):
     assert f"export MLFLOW_TRACKING_URI=http://127.0.0.1:{mlflow_port}" in started.stdout
 
     assert _get(f"http://127.0.0.1:{prefect_port}/api/health") == (200, "true")
+    # the UI is told where its API is (Prefect's default is :4200 whatever the port)
+    ui = json.loads(_get(f"http://127.0.0.1:{prefect_port}/ui-settings")[1])
+    assert ui["api_url"] == f"http://127.0.0.1:{prefect_port}/api", ui
     assert _get(f"http://127.0.0.1:{mlflow_port}/health")[0] == 200
     status, body = _get(f"http://127.0.0.1:{mlflow_port}/api/2.0/mlflow/experiments/search"
                         "?max_results=5")
