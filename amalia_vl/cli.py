@@ -205,9 +205,11 @@ def stage(
                                   f"({', '.join(TRAINING_STAGES)}), not '{name}'")
             check_nproc(nproc, nnodes)
         check_prerequisites(name, target, settings)  # fail before MLflow opens a run
-        from flows.sharded import run_sharded_stage, shard_count
+        from components.pipeline import shard_count
 
         if shard_count(name, settings) > 1:  # a Prefect flow mapping shards over tasks
+            from flows.sharded import run_sharded_stage
+
             manifest = run_sharded_stage(name, settings, target, None,
                                          overrides={"ingest": {"inputs": inputs}}
                                          if inputs else None, cache=False)

@@ -23,6 +23,16 @@ StageRunner = Callable[[str, Settings, Path, MetricLogger, bool],
                        tuple[StageOutput, dict[str, Any]]]
 
 
+def shard_count(name: str, settings: Settings) -> int:
+    """How many shards stage `name` runs in (1: not sharded; only validate and translate
+    are, through `flows/sharded.py`)."""
+    if name == "validate":
+        return settings.validate_.shards
+    if name == "translate":
+        return settings.translate.shards
+    return 1
+
+
 def run_tracked_stage(
     name: str,
     settings: Settings,

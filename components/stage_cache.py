@@ -36,7 +36,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from components.manifest import MANIFEST, read_manifest, sha256_file
+from components.manifest import MANIFEST, read_manifest, sha256_file, write_manifest_file
 from components.settings import Settings
 
 INDEX = ".stage-cache"
@@ -210,5 +210,5 @@ def materialise(hit: Hit, name: str, run_dir: Path) -> dict[str, Any]:
     manifest["cache"] = {"reused_from": str(hit.stage_dir), "key": hit.key,
                          "mlflow_run_id": hit.mlflow_run_id}
     target.mkdir(parents=True, exist_ok=True)
-    (target / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    write_manifest_file(target, manifest)  # atomically, and last
     return manifest

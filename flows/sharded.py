@@ -17,20 +17,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from components.pipeline import run_tracked_stage
+from components.pipeline import run_tracked_stage, shard_count
 from components.settings import Settings, load_settings
 from components.stages import MetricLogger, StageOutput
 
-SHARDABLE = ("validate", "translate")
-
-
-def shard_count(name: str, settings: Settings) -> int:
-    """How many shards `name` runs in (1: not sharded; only validate and translate are)."""
-    if name == "validate":
-        return settings.validate_.shards
-    if name == "translate":
-        return settings.translate.shards
-    return 1
+__all__ = ["run_sharded_stage", "shard_count", "sharded_stage_flow"]
 
 
 def sharded_runner(params_path: str | None, overrides: dict[str, Any] | None):
