@@ -33,6 +33,10 @@ class ValidateSettings(_Section):
     max_quarantine_ratio: float = Field(0.2, ge=0.0, le=1.0)
     min_image_side: int = Field(8, ge=1)
     max_image_side: int = Field(16384, ge=1, description="pixels; larger is image_too_large")
+    # width x height, read from the header before any pixel is decoded: a larger image is
+    # image_too_large without being loaded, so a decompression bomb costs no memory (8000 x
+    # 8000 photos pass: the processor's tile budget resizes them)
+    max_image_pixels: int = Field(100_000_000, ge=1)
     max_aspect_ratio: float = Field(20.0, ge=1.0)
     max_text_chars: int = Field(2000, ge=1)
     # Language: records declared pt* must read as Portuguese (py3langid, restricted to
@@ -430,6 +434,189 @@ def default_params_path() -> Path:
     return Path(__file__).resolve().parent.parent / "params.yaml"
 
 
+TOP_LEVEL_KEYS = ("profile", "base", "profiles")
+
+
+class _Located:
+    """Line numbers of the keys of a parsed YAML document (1-based), by key path."""
+
+    def __init__(self, node: yaml.Node | None):
+        self.root = node
+
+    def line(self, path: tuple[Any, ...]) -> int | None:
+        node, line = self.root, None
+        for part in path:
+            if isinstance(node, yaml.MappingNode):
+                for key, value in node.value:
+                    if isinstance(key, yaml.ScalarNode) and key.value == str(part):
+                        node, line = value, key.start_mark.line + 1
+                        break
+                else:
+                    return None
+            elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) \
+                    and 0 <= part < len(node.value):
+                node = node.value[part]
+                line = node.start_mark.line + 1
+            else:
+                return None
+        return line
+
+
+def _where(path: Path, line: int | None) -> str:
+    return f"{path}:{line}" if line else str(path)
+
+
+def _dotted(parts: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in parts)
+
+
+def _suggest(key: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _parse_params(path: Path) -> tuple[dict[str, Any], _Located]:
+    """The params file as a mapping, and where its keys are. A YAML syntax error, a
+    duplicate key or a document that is not a mapping is a one-line `ConfigError` naming
+    the file and line."""
+    text = path.read_text()
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        started = (f" ({context} started at line {start.line + 1})"
+                   if context and start and mark and start.line != mark.line else "")
+        raise ConfigError(f"{where}: YAML syntax error: {problem}{started}") from None
+    located = _Located(node)
+    _refuse_duplicate_keys(path, node, ())
+    if raw is None:
+        return {}, located
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}:1: expected a mapping with keys {', '.join(TOP_LEVEL_KEYS)}, "
+                          f"not a {type(raw).__name__}")
+    return raw, located
+
+
+def _refuse_duplicate_keys(path: Path, node: yaml.Node | None, at: tuple[str, ...]) -> None:
+    """YAML keeps the last of two equal keys silently; here that is an error."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else None
+            if name is not None:
+                line = key.start_mark.line + 1
+                if name in seen:
+                    raise ConfigError(f"{path}:{line}: duplicate key '{_dotted((*at, name))}' "
+                                      f"(first at line {seen[name]})")
+                seen[name] = line
+            _refuse_duplicate_keys(path, value, (*at, str(name)))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(path, item, (*at, str(i)))
+
+
+def _field_names(model: type[BaseModel]) -> dict[str, Any]:
+    """The keys params.yaml may use for `model`'s fields (aliases, and names where
+    `populate_by_name`), each to its annotation."""
+    out: dict[str, Any] = {}
+    by_name = model.model_config.get("populate_by_name", False)
+    for name, info in model.model_fields.items():
+        if info.alias:
+            out[info.alias] = info.annotation
+        if by_name or not info.alias:
+            out[name] = info.annotation
+    return out
+
+
+def _unknown_keys(section: Any, model: type[BaseModel],
+                  at: tuple[str, ...]) -> tuple[tuple[str, ...], str] | None:
+    """The first key of `section` that `model` has no field for: (its path, a did-you-mean
+    suggestion or ''). Free-form mappings (`mix.align`, `evaluate.datasets`) are not
+    descended into."""
+    if not isinstance(section, dict):
+        return None
+    fields = _field_names(model)
+    for key, value in section.items():
+        if str(key) not in fields:
+            return (*at, str(key)), _suggest(str(key), list(fields))
+        sub = fields[str(key)]
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            found = _unknown_keys(value, sub, (*at, str(key)))
+            if found:
+                return found
+    return None
+
+
+def _check_structure(path: Path, raw: dict[str, Any], located: _Located) -> None:
+    """Refuse unknown top-level keys, non-mapping sections and unknown setting keys in
+    `base` and in every profile (not just the chosen one: a typo in a profile nobody runs
+    today must not wait for the day someone does)."""
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigError(f"{_where(path, located.line((key,)))}: unknown top-level key "
+                              f"'{key}'{_suggest(str(key), list(TOP_LEVEL_KEYS))} (the file "
+                              f"holds {', '.join(TOP_LEVEL_KEYS)})")
+    sections: list[tuple[tuple[str, ...], Any]] = [(("base",), raw.get("base"))]
+    profiles = raw.get("profiles")
+    if profiles is not None and not isinstance(profiles, dict):
+        raise ConfigError(f"{_where(path, located.line(('profiles',)))}: 'profiles' must map "
+                          f"profile names to settings, not be a {type(profiles).__name__}")
+    sections += [(("profiles", str(name)), body) for name, body in (profiles or {}).items()]
+    for at, body in sections:
+        if body is not None and not isinstance(body, dict):
+            raise ConfigError(f"{_where(path, located.line(at))}: '{_dotted(at)}' must be a "
+                              f"mapping of settings, not a {type(body).__name__}")
+        found = _unknown_keys(body or {}, Settings, at)
+        if found:
+            key_path, hint = found
+            raise ConfigError(f"{_where(path, located.line(key_path))}: unknown key "
+                              f"'{_dotted(key_path)}'{hint}")
+
+
+def _value_error(path: Path, located: _Located, chosen: str, raw: dict[str, Any],
+                 exc: ValidationError) -> ConfigError:
+    """One line for the first validation error: file and line of the value (the chosen
+    profile's, else base's), the key, pydantic's reason and the offending value."""
+    from components.redact import is_secret_name, redact
+
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    where = _dotted(loc) or "(top level)"
+    line = None
+    if loc:
+        profile_body = (raw.get("profiles") or {}).get(chosen) or {}
+        node_path = ("profiles", chosen, *loc) if _has_path(profile_body, loc) else \
+            ("base", *loc)
+        line = located.line(node_path)
+    value = first.get("input")
+    shown = ""
+    if isinstance(value, str | int | float | bool) and loc and first["type"] != "missing":
+        text = "***" if is_secret_name(str(loc[-1])) else redact(repr(value))
+        shown = f" (got {text[:60]})" if len(text) <= 60 else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    msg = first["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{_where(path, line)}: invalid value for '{where}' (profile {chosen}): "
+                       f"{msg}{shown}{more}")
+
+
+def _has_path(body: Any, loc: tuple[Any, ...]) -> bool:
+    for part in loc:
+        if isinstance(body, dict) and part in body:
+            body = body[part]
+        elif isinstance(body, list) and isinstance(part, int) and 0 <= part < len(body):
+            body = body[part]
+        else:
+            return False
+    return True
+
+
 def load_settings(
     profile: str | None = None,
     params_path: Path | str | None = None,
@@ -437,27 +624,26 @@ def load_settings(
 ) -> Settings:
     """Read `params.yaml`, pick the profile and validate.
 
-    Raises `MissingInputError` if the file is missing and `ConfigError` (naming the field)
-    on an unknown profile or an invalid value.
+    Raises `MissingInputError` if the file is missing and a one-line `ConfigError` naming
+    the file (and line) on a YAML syntax error, a duplicate or unknown key (in `base` or any
+    profile, with a did-you-mean), an unknown profile or an invalid value (naming the key).
     """
     path = Path(params_path) if params_path else default_params_path()
     if not path.exists():
         raise MissingInputError(f"config file {path} not found", "run from the repository root")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw, located = _parse_params(path)
+    _check_structure(path, raw, located)
     chosen = profile or os.environ.get("AMALIA_PROFILE") or raw.get("profile", "tiny")
-    profiles = raw.get("profiles", {})
-    if chosen not in profiles:
+    profiles = raw.get("profiles") or {}
+    if not isinstance(chosen, str) or chosen not in profiles:
         raise ConfigError(
-            f"unknown profile '{chosen}' in {path}", f"choose one of: {', '.join(profiles)}"
+            f"unknown profile '{chosen}' in {path}{_suggest(str(chosen), list(profiles))}",
+            f"choose one of: {', '.join(profiles)}"
         )
-    merged = _deep_merge(raw.get("base", {}), profiles[chosen] or {})
+    merged = _deep_merge(raw.get("base") or {}, profiles[chosen] or {})
     merged = _deep_merge(merged, overrides or {})
     merged["profile"] = chosen
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(
-            f"invalid config in {path} (profile {chosen}): {where}: {first['msg']}"
-        ) from None
+        raise _value_error(path, located, chosen, raw, exc) from None

@@ -6,6 +6,10 @@ parent run with a nested run per stage; a stage run alone from the CLI or DVC is
 top-level run. Every stage run records its params, per-step and final metrics, counts,
 the stage manifest and chosen artifacts, and the data it read as MLflow dataset inputs
 (`mlflow.log_input`, see `log_stage_inputs`).
+
+Nothing secret reaches the store: every param, tag, dataset input and logged manifest
+passes through `components.redact` first (secret-named keys, URL userinfo and the values
+of secret-named environment variables are masked).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from components.redact import is_secret_name, redact, redact_value
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -47,6 +53,9 @@ def configure(experiment: str) -> str:
 
     import mlflow
 
+    from components.redact import install_log_redaction
+
+    install_log_redaction()  # no secret in any log line of a tracked run
     # MLflow's INFO lines (table migrations, experiment creation) drown the stage output.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri())
@@ -63,6 +72,26 @@ def dvc_data_hash(data_dvc: Path = Path("data.dvc")) -> dict[str, str] | None:
     out = outs[0]
     return {"path": str(out.get("path", "data")), "md5": str(out.get("md5", "")),
             "nfiles": str(out.get("nfiles", ""))}
+
+
+def safe_params(params: dict[str, Any], max_chars: int | None = None) -> dict[str, str]:
+    """MLflow params with secrets masked: a secret-named key's value whole, URL userinfo
+    and known secret values inside the others; lists and dicts as JSON; values cut to
+    `max_chars` after masking (so a cut never exposes half a secret)."""
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if is_secret_name(str(key)) and value not in (None, ""):
+            text = "***"
+        else:
+            value = redact_value(value)
+            text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        out[str(key)] = text[:max_chars] if max_chars else text
+    return out
+
+
+def safe_tags(tags: dict[str, Any]) -> dict[str, str]:
+    """MLflow tags with secrets masked (as `safe_params`)."""
+    return safe_params(tags)
 
 
 def _source(uri: str, hub_config: str | None = None) -> Any:
@@ -94,8 +123,8 @@ def _log_dataset(mlflow: Any, source: Any, name: str, digest: str, context: str,
     """One dataset input; MLflow keeps 36 characters of a digest (the tags keep it all)."""
     from mlflow.data.meta_dataset import MetaDataset
 
-    mlflow.log_input(MetaDataset(source=source, name=name[:500], digest=digest[:36]),
-                     context=context, tags=tags)
+    mlflow.log_input(MetaDataset(source=source, name=redact(name)[:500], digest=digest[:36]),
+                     context=context, tags=safe_tags(tags))
 
 
 def _log_raw_inputs(mlflow: Any, settings: Any) -> None:
@@ -107,10 +136,13 @@ def _log_raw_inputs(mlflow: Any, settings: Any) -> None:
     specs = list(getattr(settings.ingest, "inputs", None) or [])
     for text in specs:
         _fmt, location, options, is_hf = split_spec(text)
-        digest = hashlib.sha256(text.strip().encode()).hexdigest()
-        source = _source(("hf://" if is_hf else "") + location, options.get("config"))
-        _log_dataset(mlflow, source, text.strip(), digest, "input",
-                     {"spec": text.strip()[:500], "spec_sha256": digest})
+        # credentials in a spec (URL userinfo, ?token=) are masked before anything is
+        # logged, the digest included: the same data read with other keys is the same input
+        shown = redact(text.strip())
+        digest = hashlib.sha256(shown.encode()).hexdigest()
+        source = _source(("hf://" if is_hf else "") + redact(location), options.get("config"))
+        _log_dataset(mlflow, source, shown, digest, "input",
+                     {"spec": shown[:500], "spec_sha256": digest})
     if specs:
         return
     info = dvc_data_hash()
@@ -161,13 +193,12 @@ class StageRun:
     def finish(self, stage_dir: Path, output: Any, manifest: dict[str, Any]) -> None:
         """Log a finished stage: params, counts, metrics, manifest and artifacts."""
         mlflow = self._mlflow
-        params = {k: (json.dumps(v) if isinstance(v, list | dict) else v)
-                  for k, v in output.params.items()}
+        params = safe_params(output.params)
         if params:
             mlflow.log_params(params)
         mlflow.log_metrics({f"count.{k}": float(v) for k, v in output.counts.items()})
         mlflow.log_metrics({k: float(v) for k, v in output.metrics.items()})
-        mlflow.log_dict(manifest, "manifest.json")
+        mlflow.log_dict(redact_value(manifest), "manifest.json")
         for rel in output.artifacts:
             path = stage_dir / rel
             if path.is_dir():
@@ -184,10 +215,11 @@ def parent_run(settings: Any, run_dir: Path, run_name: str | None = None) -> Ite
     configure(settings.tracking.experiment)
     tags = {"amalia.run_dir": str(run_dir), "amalia.profile": settings.profile,
             "amalia.config_digest": settings.digest()}
-    with mlflow.start_run(run_name=run_name or f"retrain-{Path(run_dir).name}", tags=tags) as run:
+    with mlflow.start_run(run_name=run_name or f"retrain-{Path(run_dir).name}",
+                          tags=safe_tags(tags)) as run:
         flat: dict[str, Any] = {}
         _flatten("", settings.as_dict(), flat)
-        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        mlflow.log_params(safe_params({k: str(v) for k, v in flat.items()}, max_chars=500))
         _log_raw_inputs(mlflow, settings)
         yield run.info.run_id
 
@@ -221,10 +253,11 @@ def stage_run(
     if resume_run_id:
         context = mlflow.start_run(run_id=resume_run_id, nested=bool(parent_run_id))
     else:
-        context = mlflow.start_run(run_name=stage, tags=tags, nested=bool(parent_run_id))
+        context = mlflow.start_run(run_name=stage, tags=safe_tags(tags),
+                                   nested=bool(parent_run_id))
     with context as run:
         if resume_run_id:
-            mlflow.set_tags({**tags, "amalia.resumed": "true"})
+            mlflow.set_tags(safe_tags({**tags, "amalia.resumed": "true"}))
         else:
             log_stage_inputs(mlflow, settings, stage, run_dir)
         yield StageRun(mlflow, run.info.run_id)

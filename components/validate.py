@@ -24,8 +24,10 @@ Checks, in order (reasons; a record keeps every reason that applies):
 `language_not_pt:<detected>` (records declared `pt*` whose texts hold >= `language_min_chars`
 letters and score P(pt) < `language_min_pt_prob` with py3langid over
 `language_candidates`), `image_path_unsafe` / `image_missing` /
-`image_unreadable` (Pillow verify + full load) / `image_too_small` / `image_too_large` /
-`aspect_ratio`, `box_invalid` / `box_outside_image`, `near_duplicate_of_eval:<eval id>`
+`image_unreadable` (Pillow verify + full load) / `image_decompression_bomb` / `image_too_small`
+/ `image_too_large` (side over `max_image_side` or pixels over `max_image_pixels`, judged from
+the header before decoding) / `aspect_ratio`, `box_invalid` / `box_outside_image`,
+`near_duplicate_of_eval:<eval id>`
 (train images within `near_dup_max_distance` pHash bits of an eval image, or the same file
 content), `duplicate_id` (the first occurrence owns an id) and `duplicate_record` (same kind,
 texts and image file contents as a kept record; several questions on one image are distinct
@@ -195,7 +197,7 @@ def inspect_image(data: bytes, cfg: ValidateSettings, embed: bool) -> ImageFacts
                 img.verify()
                 img = Image.open(io.BytesIO(data))
             width, height, mode = img.width, img.height, img.mode
-            if max(width, height) > cfg.max_image_side:
+            if max(width, height) > cfg.max_image_side or width * height > cfg.max_image_pixels:
                 return ImageFacts(("image_too_large",), width, height, mode)
             if img.format == "JPEG" and mode == "RGB":
                 # kept as is (no conversion), so only the pHash reads pixels: let libjpeg
@@ -205,7 +207,9 @@ def inspect_image(data: bytes, cfg: ValidateSettings, embed: bool) -> ImageFacts
                 img.draft("L", (PHASH_SIDE, PHASH_SIDE))
             img.load()
             pixels = img if mode == "RGB" else to_rgb(img)  # drafted JPEGs read as L
-    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's own limit, past max_image_pixels
+        return ImageFacts(("image_decompression_bomb",))
+    except (OSError, SyntaxError, ValueError, EOFError):
         return ImageFacts(("image_unreadable",))
     reasons = []
     if min(width, height) < cfg.min_image_side:

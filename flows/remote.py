@@ -16,6 +16,7 @@ from prefect.states import Failed
 
 from components.dispatch import run_from_store
 from components.errors import AmaliaError
+from components.redact import redact
 from components.settings import load_settings
 from components.train.distributed import Launch
 
@@ -47,7 +48,7 @@ def remote_stage_flow(
                                   params_path, restart)
     except AmaliaError as exc:
         get_run_logger().error("%s", exc)
-        return Failed(message=str(exc))
+        return Failed(message=redact(str(exc)))
     get_run_logger().info("stage %s of %s done and pushed: counts=%s", name, run_name,
                           manifest["counts"])
     return {"counts": manifest["counts"], "mlflow_run_id": manifest.get("mlflow_run_id")}

@@ -26,6 +26,7 @@ from prefect.states import Failed
 
 from components.manifest import new_run_dir
 from components.pipeline import run_tracked_stage, stages_from
+from components.redact import redact
 from components.settings import load_settings
 from components.tracking import parent_run, run_link
 from components.train.distributed import TRAINING_STAGES, Launch
@@ -161,7 +162,7 @@ def retrain_flow(
                         node_rank, rdzv_endpoint, restart, cache, inputs)
     except AmaliaError as exc:
         get_run_logger().error("%s", exc)
-        return Failed(message=str(exc), data=exc)
+        return Failed(message=redact(str(exc)), data=exc)
 
 
 def _retrain(

@@ -27,6 +27,7 @@ from prefect.states import Failed, State
 from components.errors import AmaliaError, ConfigError
 from components.manifest import new_run_dir
 from components.pipeline import run_tracked_stage
+from components.redact import redact
 from components.settings import load_settings
 from components.stages import check_prerequisites, get_spec
 from components.train.distributed import TRAINING_STAGES, Launch
@@ -38,7 +39,7 @@ NPROC_ENV = "AMALIA_NPROC"
 def failed(exc: AmaliaError) -> State:
     """Log `exc` as one ERROR line and return the Failed state that ends the flow run."""
     get_run_logger().error("%s", exc)
-    return Failed(message=str(exc))
+    return Failed(message=redact(str(exc)))
 
 
 def default_nproc(name: str) -> int:

@@ -1,11 +1,12 @@
-"""Real DVC: a fresh copy of the repository pulls data/ offline from the repo-local
-remote byte-identically, and `dvc repro` reproduces the whole chain from dvc.yaml."""
+"""Real DVC: a `git clone` of this repository (what CI and a new engineer start from: no
+data/) pulls data/ offline from the remote its DVC config names, every file byte-identical
+to what `data.dvc` records, and `dvc repro` reproduces the whole chain from dvc.yaml."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ BIN = Path(sys.executable).parent
 
 
 def sh(*cmd: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "AMALIA_PARAMS"}  # use the copy's
+    env = {k: v for k, v in os.environ.items() if k != "AMALIA_PARAMS"}  # use the clone's
     env["PATH"] = f"{BIN}{os.pathsep}{os.environ['PATH']}"
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
@@ -27,28 +28,48 @@ def sh(*cmd: str, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def fresh_copy(tmp_path_factory) -> Path:
-    """The repository as a fresh clone sees it: tracked and unignored files, no data/."""
+    """A real `git clone` of this repository's HEAD: committed files only (no untracked or
+    ignored ones, no data/), as CI and a new engineer see it."""
     dst = tmp_path_factory.mktemp("clone") / "amalia-vl"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, files):
-        src = REPO / rel
-        if src.is_file() and not rel.startswith("data/"):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst / rel)
-    sh("git", "init", "-q", cwd=dst)
+    sh("git", "clone", "-q", "--no-hardlinks", str(REPO), str(dst), cwd=dst.parent)
     return dst
 
 
+def md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
 def test_data_dvc_pull_is_offline_and_byte_identical(fresh_copy):
-    assert not (fresh_copy / "data").exists()
+    assert not (fresh_copy / "data").exists(), "the clone must start without data/"
+    assert not (fresh_copy / ".dvc" / "cache").exists(), "the clone must start with no cache"
+    out = yaml.safe_load((fresh_copy / "data.dvc").read_text())["outs"][0]
+    assert out["path"] == "data" and out["md5"].endswith(".dir")
+    # offline: the default remote is a folder committed inside the clone itself
+    remote = sh("dvc", "remote", "default", cwd=fresh_copy).stdout.strip()
+    url = sh("dvc", "config", f"remote.{remote}.url", cwd=fresh_copy).stdout.strip()
+    store = (fresh_copy / ".dvc" / url).resolve()
+    assert "://" not in url and store.is_dir() and store.is_relative_to(fresh_copy), url
     sh("dvc", "pull", "-q", "data.dvc", cwd=fresh_copy)
     status = sh("dvc", "data", "status", "--json", cwd=fresh_copy).stdout
     assert "modified" not in json.loads(status or "{}")
-    for path in (REPO / "data").rglob("*"):
-        if path.is_file():
-            twin = fresh_copy / path.relative_to(REPO)
-            assert twin.read_bytes() == path.read_bytes(), path
+
+    # the directory listing DVC fetched from the remote: every file's path and md5
+    digest = out["md5"].removesuffix(".dir")
+    listing_path = fresh_copy / ".dvc" / "cache" / "files" / "md5" / digest[:2] / \
+        f"{digest[2:]}.dir"
+    listing = {e["relpath"]: e["md5"] for e in json.loads(listing_path.read_text())}
+    data = fresh_copy / "data"
+    pulled = {p.relative_to(data).as_posix(): p for p in data.rglob("*") if p.is_file()}
+    assert len(pulled) > 0
+    assert len(pulled) == out["nfiles"] == len(listing), (len(pulled), out["nfiles"])
+    assert set(pulled) == set(listing)
+    assert sum(p.stat().st_size for p in pulled.values()) == out["size"]
+    wrong = sorted(rel for rel, path in pulled.items() if md5(path) != listing[rel])
+    assert not wrong, f"{len(wrong)} pulled files differ from data.dvc, e.g. {wrong[:3]}"
 
 
 @pytest.mark.e2e

@@ -402,6 +402,73 @@ def test_hub_id_goes_through_load_dataset_streaming(tmp_path: Path, monkeypatch)
     assert items[0].payload == {"question": "Q?", "answer": "A."}
 
 
+def test_hub_id_streams_real_image_rows_from_the_datasets_cache(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """The hub path end to end, nothing replaced: a dataset with an `Image()` column is
+    prepared into a private `datasets` cache (as a first online `load_dataset` leaves it),
+    its source files are deleted, and `hf://<id>` then goes through the real
+    `datasets.load_dataset(id, streaming=True)` (offline: the cached copy). The images must
+    arrive as bytes the validate stage decodes (a corrupt one is quarantined as
+    unreadable, a too-thin one by its aspect ratio: both need the decoded image), be embedded
+    in validated/ (RGB as it came, RGBA and grey converted to RGB) and be counted."""
+    import shutil
+
+    import datasets
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    images = {"h1": png(11), "h2": png(12, size=(64, 32), mode="RGBA"),
+              "h3": png(13, mode="L", fmt="JPEG"), "h4": CORRUPT, "h5": png(15, size=(400, 10))}
+    ds = datasets.Dataset.from_dict({
+        "id": list(images),
+        "image": [{"bytes": b, "path": None} for b in images.values()],
+        "question": ["Qual é a cor?", "Quantos há?", "Onde está?", "O quê?", "Qual?"],
+        "answer": ["azul", "3", "ali", "isso", "aquilo"],
+    }).cast_column("image", datasets.Image())
+    repo = tmp_path / "hub" / "amalia_hub_stream"
+    (repo / "data").mkdir(parents=True)
+    ds.to_parquet(str(repo / "data" / "train-00000-of-00001.parquet"))
+    datasets.load_dataset(str(repo), split="train")  # prepare the cache, as a download would
+    shutil.rmtree(tmp_path / "hub")  # only the cache is left
+    monkeypatch.chdir(tmp_path)
+
+    real, calls = datasets.load_dataset, []
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((args, kwargs, out))
+        return out
+
+    monkeypatch.setattr(datasets, "load_dataset", spy)
+    spec = parse_spec("hf://amalia_hub_stream?source=hubvqa&language=pt-PT")
+    assert spec.hub and spec.format == "hf"
+    rows = list(iter_items(spec))
+    (args, kwargs, streamed), = calls
+    assert args == ("amalia_hub_stream",) and kwargs["streaming"] is True
+    assert kwargs["split"] == "train"
+    assert isinstance(streamed, datasets.IterableDataset)
+    assert isinstance(streamed.features["image"], datasets.Image)
+    assert [r.file for r in rows] == ["hf://amalia_hub_stream[train]"] * 5
+    assert [r.payload["image"]["bytes"] for r in rows] == list(images.values())
+
+    report, reasons, kept = run_inputs(tmp_path, [
+        "hf://amalia_hub_stream?source=hubvqa&language=pt-PT"])
+    assert reasons == {"hubvqa/h4": ["image_unreadable"], "hubvqa/h5": ["aspect_ratio"]}
+    assert_partition(report, reasons, kept, [f"hubvqa/{k}" for k in images])
+    assert (report["kept"], report["quarantined"]) == (3, 2)
+    assert report["by_source"]["hubvqa"]["kept"] == 3
+    out = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "validated").to_pylist()}
+    assert out["hubvqa/h1"]["image_bytes"] == [images["h1"]]  # RGB: embedded as it came
+    for key in ("h1", "h2", "h3"):  # RGBA and grey: decoded and converted to RGB
+        rec = kept[f"hubvqa/{key}"]
+        assert rec.kind == "qa" and rec.language == "pt-PT"
+        assert "hf://amalia_hub_stream[train]#" in rec.image
+        (embedded,) = out[f"hubvqa/{key}"]["image_bytes"]
+        decoded = Image.open(io.BytesIO(embedded))
+        assert decoded.mode == "RGB"
+        assert decoded.size == Image.open(io.BytesIO(images[key])).size
+
+
 def test_hub_config_is_passed_to_load_dataset(tmp_path: Path, monkeypatch) -> None:
     """Multi-subset hub datasets (FineVision, the Cauldron): `?config=` (alias `?subset=`)
     becomes `load_dataset(id, name=...)`; nothing is downloaded."""

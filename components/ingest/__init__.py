@@ -90,7 +90,11 @@ class InputSpec:
 
     @property
     def display(self) -> str:
-        return self.options.get("_display") or self.location
+        """Where the input is, as reports, manifests, logs and errors show it: credentials
+        in the location (URL userinfo, `?token=`) masked (`components.redact`)."""
+        from components.redact import redact
+
+        return redact(self.options.get("_display") or self.location)
 
     @property
     def source(self) -> str:
@@ -442,7 +446,7 @@ def _hf(spec: InputSpec, split: str) -> Iterator[Item]:
         config = spec.options.get("config")
         kwargs = {"name": config} if config else {}
         ds = datasets.load_dataset(spec.location, split=hf_split, streaming=True, **kwargs)
-        display = f"hf://{spec.location}" + (f":{config}" if config else "") + f"[{hf_split}]"
+        display = f"hf://{spec.display}" + (f":{config}" if config else "") + f"[{hf_split}]"
         yield from _hub_rows(spec, _undecoded(ds), display)
         return
     else:

@@ -136,5 +136,7 @@ def require(uri: str, endpoint: str | None = None) -> None:
 
 
 def fail(display: str, line: int | None, why: str) -> AmaliaError:
+    from components.redact import redact
+
     where = f"{display}:{line}" if line is not None else display
-    return AmaliaError(f"{where}: {why}")
+    return AmaliaError(redact(f"{where}: {why}"))

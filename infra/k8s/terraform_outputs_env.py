@@ -6,8 +6,9 @@ cleanly.
     terraform -chdir=infra/terraform/envs/prod output -json \\
       | python3 infra/k8s/terraform_outputs_env.py > infra/k8s/overlays/prod/terraform-outputs.env
 
-`--vpc-cidr` overrides the root's `vpc_cidr` output. A missing or non-scalar output is an error, not an empty value: an empty
-role ARN would render a service account without IRSA and fail only at run time.
+`--vpc-cidr` overrides the root's `vpc_cidr` output. A missing or non-scalar output is an
+error, not an empty value: an empty role ARN would render a service account without IRSA and
+fail only at run time.
 """
 
 from __future__ import annotations
