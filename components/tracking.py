@@ -224,6 +224,22 @@ def parent_run(settings: Any, run_dir: Path, run_name: str | None = None) -> Ite
         yield run.info.run_id
 
 
+def end_abandoned_runs(mlflow: Any, experiment_id: str, stage: str, run_dir: Path) -> list[str]:
+    """Mark KILLED the runs of `stage` on `run_dir` still RUNNING in `experiment_id`: an
+    attempt that was killed (SIGKILL, a lost node) and is now being redone. Returns their
+    ids. Only the stage's own runs on this run directory are touched."""
+    from mlflow.entities import RunStatus
+
+    rd = str(run_dir).replace("'", "\\'")
+    stale = mlflow.MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`amalia.stage` = '{stage}' and "
+        f"tags.`amalia.run_dir` = '{rd}' and attributes.status = 'RUNNING'")
+    for run in stale:
+        mlflow.MlflowClient().set_terminated(run.info.run_id,
+                                             RunStatus.to_string(RunStatus.KILLED))
+    return [r.info.run_id for r in stale]
+
+
 @contextmanager
 def stage_run(
     settings: Any, stage: str, run_dir: Path, parent_run_id: str | None = None,
@@ -238,7 +254,7 @@ def stage_run(
     """
     import mlflow
 
-    configure(settings.tracking.experiment)
+    experiment_id = configure(settings.tracking.experiment)
     tags = {"amalia.stage": stage, "amalia.run_dir": str(run_dir),
             "amalia.profile": settings.profile, "amalia.config_digest": settings.digest()}
     if parent_run_id:
@@ -253,6 +269,7 @@ def stage_run(
     if resume_run_id:
         context = mlflow.start_run(run_id=resume_run_id, nested=bool(parent_run_id))
     else:
+        end_abandoned_runs(mlflow, experiment_id, stage, run_dir)
         context = mlflow.start_run(run_name=stage, tags=safe_tags(tags),
                                    nested=bool(parent_run_id))
     with context as run:

@@ -102,3 +102,29 @@ def test_validate_with_input_sources_records_the_specs_not_data_dvc(tmp_path, ml
         pass
     assert [(d, c) for d, c, _ in _inputs(client, tracked.run_id).values()] == [
         ("0123456789abcdef0123456789abcdef.dir"[:36], "raw-data")]
+
+
+def test_a_killed_attempts_run_is_ended_when_the_stage_is_redone(tmp_path, mlflow_uri):
+    """A stage killed mid-run leaves its MLflow run RUNNING; the next attempt on the same
+    run directory marks it KILLED, and touches no other stage's or run directory's run."""
+    from components.tracking import configure, stage_run
+
+    (tmp_path / "data").mkdir()
+    settings = load_settings("ci", overrides={"data_dir": str(tmp_path / "data")})
+    run_dir = tmp_path / "run"
+    client = mlflow.MlflowClient(mlflow_uri)
+    exp = configure(settings.tracking.experiment)
+
+    def abandoned(stage: str, where) -> str:  # what a SIGKILL leaves: never terminated
+        return client.create_run(exp, tags={"amalia.stage": stage,
+                                            "amalia.run_dir": str(where)}).info.run_id
+
+    killed = abandoned("validate", run_dir)
+    other_stage = abandoned("mix", run_dir)
+    other_dir = abandoned("validate", tmp_path / "elsewhere")
+    with stage_run(settings, "validate", run_dir) as tracked:
+        assert client.get_run(tracked.run_id).info.status == "RUNNING"
+    assert client.get_run(killed).info.status == "KILLED"
+    assert client.get_run(other_stage).info.status == "RUNNING"
+    assert client.get_run(other_dir).info.status == "RUNNING"
+    assert client.get_run(tracked.run_id).info.status == "FINISHED"
