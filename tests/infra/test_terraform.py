@@ -48,8 +48,12 @@ def rel(path: Path, base: Path = REPO) -> str:
         return str(path)
 
 
+SHARED = "_shared"  # envs/_shared: the files every env root links (checked through them)
+
+
 def tf_files(base: Path) -> list[Path]:
-    return sorted(p for p in base.rglob("*.tf") if ".terraform" not in p.parts)
+    return sorted(p for p in base.rglob("*.tf")
+                  if ".terraform" not in p.parts and SHARED not in p.parts)
 
 
 def tf_module_dirs(base: Path) -> list[Path]:
@@ -59,7 +63,7 @@ def tf_module_dirs(base: Path) -> list[Path]:
 
 def root_dirs(base: Path) -> list[Path]:
     return (
-        sorted(d for d in (base / "envs").iterdir() if d.is_dir())
+        sorted(d for d in (base / "envs").iterdir() if d.is_dir() and d.name != SHARED)
         if (base / "envs").is_dir()
         else []
     )
