@@ -37,7 +37,7 @@ variable "service_accounts" {
   description = <<-EOT
     Namespace and name of the Kubernetes service account each role is for (its IRSA trust
     allows that one service account only). training is the service account of the training
-    Jobs (infra/k8s/namespace.yaml, infra/prefect/gpu-job-template.json: amalia-vl-worker).
+    Jobs (infra/k8s/base/training.yaml, infra/prefect/gpu-job-template.json: amalia-vl-worker).
   EOT
   default     = {}
   nullable    = false
