@@ -116,9 +116,12 @@ def test_endpoint_down_is_one_clear_error(proxy, s3_endpoint, tmp_path):
 
 # ------------------------------------------------------------------------------- DVC
 
-def _dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def _dvc(*args: str, cwd: Path, check: bool = True,
+         attempts: int | None = None) -> subprocess.CompletedProcess:
+    """`dvc ARGS` in `cwd`; `attempts` caps botocore's tries (a doomed call ends sooner)."""
+    env = {**os.environ, **({"AWS_MAX_ATTEMPTS": str(attempts)} if attempts else {})}
     proc = subprocess.run([str(BIN / "dvc"), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, env=env)
     if check:
         assert proc.returncode == 0, f"dvc {args}: {proc.stdout}\n{proc.stderr}"
     return proc
@@ -151,7 +154,7 @@ def _checkout(repo: Path, target: Path) -> Path:
 
 def test_dvc_push_fails_clearly_then_survives_500s(proxy, dvc_repo, tmp_path):
     proxy.fail_always()
-    failed = _dvc("push", cwd=dvc_repo, check=False)
+    failed = _dvc("push", cwd=dvc_repo, check=False, attempts=2)
     assert failed.returncode != 0
     assert "reached max retries" in failed.stderr + failed.stdout
     proxy.heal()
@@ -168,7 +171,7 @@ def test_dvc_pull_against_a_failing_endpoint_is_a_clear_error(proxy, dvc_repo, t
     _dvc("push", "-q", cwd=dvc_repo)
     clean = _checkout(dvc_repo, tmp_path / "clean")
     proxy.fail_always()
-    failed = _dvc("pull", cwd=clean, check=False)
+    failed = _dvc("pull", cwd=clean, check=False, attempts=2)
     assert failed.returncode != 0
     assert "reached max retries" in failed.stderr + failed.stdout
     assert not (clean / "data").exists() or not any((clean / "data").rglob("*.bin"))
