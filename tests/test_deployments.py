@@ -30,9 +30,9 @@ import yaml
 
 from components.stages import ORDER
 from components.train.distributed import TRAINING_STAGES
+from tests.job_template import TEMPLATE, render_job_template
 
 REPO = Path(__file__).resolve().parent.parent
-TEMPLATE = REPO / "infra" / "prefect" / "gpu-job-template.json"
 SPEC = yaml.safe_load((REPO / "prefect.yaml").read_text())
 DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
 
@@ -82,21 +82,6 @@ def test_retrain_is_scheduled_weekly():
     assert DEPLOYMENTS["retrain"]["parameters"]["profile"]
 
 
-def _render(values: dict) -> tuple[dict, dict]:
-    """The job template rendered the way a worker does it (defaults, then job variables;
-    unset variables drop out): (job manifest, environment)."""
-    from prefect.utilities.templating import apply_values
-    from prefect.workers.base import BaseJobConfiguration
-
-    template = json.loads(TEMPLATE.read_text())
-    variables = BaseJobConfiguration._get_base_config_defaults(
-        template["variables"]["properties"])
-    variables.update(values)
-    config = template["job_configuration"]
-    env = {**apply_values(config["env"], variables), **variables.get("env", {})}
-    return apply_values(config["job_manifest"], variables), env
-
-
 def test_gpu_job_template_references_only_declared_variables():
     from prefect.utilities.templating import find_placeholders
 
@@ -110,7 +95,7 @@ def test_gpu_job_template_references_only_declared_variables():
 
 
 def test_gpu_job_template_renders_a_gpu_job():
-    manifest, env = _render({"gpus": 4, "nproc": 4, "s3_endpoint_url": "http://minio:9000",
+    manifest, env = render_job_template({"gpus": 4, "nproc": 4, "s3_endpoint_url": "http://minio:9000",
                              "env": {"EXTRA": "1"}})
     pod = manifest["spec"]["template"]["spec"]
     (container,) = pod["containers"]

@@ -2,7 +2,7 @@
 a batch/v1 Job that the Kubernetes API accepts.
 
 The template is rendered as a Prefect worker does it (the variables' defaults, then the
-sample job variables; see `_render` of tests/test_deployments.py, re-implemented here), then
+sample job variables: `tests/job_template.py`, shared with tests/test_deployments.py), then
 finished the way prefect-kubernetes finishes it before `create_namespaced_job` (env as a
 list of name/value strings, the flow-run command as args), and validated with
 kubernetes-validate against the Kubernetes schemas in strict mode (unknown fields fail).
@@ -18,8 +18,9 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 
+from tests.job_template import TEMPLATE, render_job_template
+
 REPO = Path(__file__).resolve().parents[2]
-TEMPLATE = REPO / "infra" / "prefect" / "gpu-job-template.json"
 KUBE_VERSION = "1.31"  # as tests/infra/test_k8s.py: the EKS version the cluster runs
 
 # Fields the template must carry although the Job schema has no place for them, with why
@@ -39,21 +40,6 @@ SAMPLE = {"gpus": 4, "nproc": 4, "cpu": "32", "memory": "400Gi",
           "image": "ghcr.io/amalia-vl/amalia-vl:0.1.0-gpu",
           "s3_endpoint_url": "http://minio.amalia-vl:9000", "profile": "ci",
           "labels": {"prefect.io/flow-run-id": "0b2c"}, "env": {"EXTRA": "1"}}
-
-
-def _render(values: dict, template: dict | None = None) -> tuple[dict, dict]:
-    """The job template rendered the way a worker does it (defaults, then job variables;
-    unset variables drop out): (job manifest, environment)."""
-    from prefect.utilities.templating import apply_values
-    from prefect.workers.base import BaseJobConfiguration
-
-    template = template or json.loads(TEMPLATE.read_text())
-    variables = BaseJobConfiguration._get_base_config_defaults(
-        template["variables"]["properties"])
-    variables.update(values)
-    config = template["job_configuration"]
-    env = {**apply_values(config["env"], variables), **variables.get("env", {})}
-    return apply_values(config["job_manifest"], variables), env
 
 
 def _as_submitted(manifest: dict, env: dict,
@@ -96,7 +82,7 @@ def _container(job: dict) -> dict:
 
 @pytest.mark.parametrize("gpus", [1, 4, 8])
 def test_sample_values_render_a_valid_gpu_job(gpus):
-    job = _as_submitted(*_render({**SAMPLE, "gpus": gpus, "nproc": gpus}))
+    job = _as_submitted(*render_job_template({**SAMPLE, "gpus": gpus, "nproc": gpus}))
     assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
     assert validate_job(job) == []
     container = _container(job)
@@ -111,7 +97,7 @@ def test_sample_values_render_a_valid_gpu_job(gpus):
 
 
 def test_defaults_render_a_valid_job_on_the_h100_pool():
-    job = _as_submitted(*_render({}))
+    job = _as_submitted(*render_job_template({}))
     assert validate_job(job) == []
     assert _container(job)["resources"]["limits"]["nvidia.com/gpu"] == 8
     assert job["spec"]["template"]["spec"]["nodeSelector"] == {"amalia-vl/pool": "h100"}
@@ -120,7 +106,7 @@ def test_defaults_render_a_valid_job_on_the_h100_pool():
 
 def test_quirk_fields_are_still_in_the_template():
     # if prefect-kubernetes' check or the template changes, revisit the quirk table
-    pod = _render({})[0]["spec"]["template"]["spec"]
+    pod = render_job_template({})[0]["spec"]["template"]["spec"]
     assert pod["parallelism"] == 1 and pod["completions"] == 1
 
 
@@ -128,19 +114,20 @@ def test_unknown_field_in_the_template_fails():
     template = json.loads(TEMPLATE.read_text())
     manifest = template["job_configuration"]["job_manifest"]
     manifest["spec"]["template"]["spec"]["containers"][0]["resource"] = {}  # typo
-    (error,) = validate_job(_as_submitted(*_render(SAMPLE, template)))
+    (error,) = validate_job(_as_submitted(*render_job_template(SAMPLE, template)))
     assert error.startswith("gpu-job-template.json: Job/amalia-vl-: schema")
     assert "spec/template/spec/containers/0" in error and "'resource'" in error
 
 
 def test_wrong_type_from_job_variables_fails():
-    (error,) = validate_job(_as_submitted(*_render({**SAMPLE, "node_selector": ["h100"]})))
+    wrong = {**SAMPLE, "node_selector": ["h100"]}
+    (error,) = validate_job(_as_submitted(*render_job_template(wrong)))
     assert "at spec/template/spec/nodeSelector" in error
     assert "is not of type 'object'" in error
 
 
 def test_env_left_as_a_dict_fails():
     # what the API would get without the worker's env conversion: the reason for _as_submitted
-    manifest, _ = _render(SAMPLE)
+    manifest, _ = render_job_template(SAMPLE)
     (error,) = validate_job(manifest)
     assert "at spec/template/spec/containers/0/env" in error
