@@ -23,14 +23,17 @@ StageRunner = Callable[[str, Settings, Path, MetricLogger, bool],
                        tuple[StageOutput, dict[str, Any]]]
 
 
+def shard_section(name: str, settings: Settings) -> Any:
+    """The settings section that says how stage `name` is sharded (`shards`, `task_runner`,
+    `dask_workers`), or None for a stage that is never sharded (only validate and
+    translate are, through `flows/sharded.py`)."""
+    return {"validate": settings.validate_, "translate": settings.translate}.get(name)
+
+
 def shard_count(name: str, settings: Settings) -> int:
-    """How many shards stage `name` runs in (1: not sharded; only validate and translate
-    are, through `flows/sharded.py`)."""
-    if name == "validate":
-        return settings.validate_.shards
-    if name == "translate":
-        return settings.translate.shards
-    return 1
+    """How many shards stage `name` runs in (1: not sharded)."""
+    section = shard_section(name, settings)
+    return section.shards if section is not None else 1
 
 
 def run_tracked_stage(

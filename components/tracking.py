@@ -230,13 +230,13 @@ def end_abandoned_runs(mlflow: Any, experiment_id: str, stage: str, run_dir: Pat
     ids. Only the stage's own runs on this run directory are touched."""
     from mlflow.entities import RunStatus
 
+    client = mlflow.MlflowClient()
     rd = str(run_dir).replace("'", "\\'")
-    stale = mlflow.MlflowClient().search_runs(
+    stale = client.search_runs(
         [experiment_id], filter_string=f"tags.`amalia.stage` = '{stage}' and "
         f"tags.`amalia.run_dir` = '{rd}' and attributes.status = 'RUNNING'")
     for run in stale:
-        mlflow.MlflowClient().set_terminated(run.info.run_id,
-                                             RunStatus.to_string(RunStatus.KILLED))
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
     return [r.info.run_id for r in stale]
 
 

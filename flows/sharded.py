@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from components.pipeline import run_tracked_stage, shard_count
+from components.pipeline import run_tracked_stage, shard_count, shard_section
 from components.settings import Settings, load_settings
 from components.stages import MetricLogger, StageOutput
 
@@ -72,7 +72,7 @@ def run_sharded_stage(name: str, settings: Settings, run_dir: Path,
     task retries on its own, and a data-quality failure is not transient."""
     from flows.validate import _is_dask, make_task_runner, non_daemonic_dask
 
-    section = settings.validate_ if name == "validate" else settings.translate
+    section = shard_section(name, settings)
     runner = make_task_runner(section.task_runner, section.dask_workers)
     with non_daemonic_dask() if _is_dask(runner) else contextlib.nullcontext():
         return sharded_stage_flow.with_options(task_runner=runner)(
