@@ -121,6 +121,12 @@ def retrain(
             from components.train.distributed import check_nproc
 
             check_nproc(nproc, nnodes)
+        from components.pipeline import stages_from
+        from components.plan.preflight import preflight_retrain
+
+        # before Prefect starts and before validate: a recipe that cannot run fails now
+        preflight_retrain(settings, tuple(stages_from(start, stop)), run_dir,
+                          nproc * nnodes)
         from components.servers import prepare_prefect_env
 
         prepare_prefect_env()  # before Prefect is imported: a patient temporary server
@@ -508,6 +514,81 @@ def list_stages() -> None:
     for s in STAGES.values():
         table.add_row(s.name, ", ".join(s.requires) or "data/", s.summary)
     console.print(table)
+
+
+@app.command("plan")
+def plan(
+    profile: str | None = ProfileOpt,
+    gpus: int | None = typer.Option(None, "--gpus", min=1, help="GPUs of every training "
+                                    "stage (default: plan.<stage>.gpus)"),
+    gpu: str | None = typer.Option(None, "--gpu", help="GPU type of every stage, e.g. "
+                                   "H100-SXM, H100-PCIe, H200, A100-80GB (default: "
+                                   "plan.<stage>.gpu; null there = this machine)"),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="a run whose mix exists: its "
+                                        "measured length index replaces the assumed tokens "
+                                        "per sample"),
+    as_json: bool = typer.Option(False, "--json", help='print one JSON object {"gpus", "gpu", '
+                                 '"stages": {STAGE: {"peak_gib", "parts_gib", '
+                                 '"tokens_per_step", "samples_per_step", "rows_per_step", '
+                                 '"steps_per_epoch", "hours", "gpu_hours", "cost", "fits"}}}'),
+) -> None:
+    """Pre-flight plan of the training stages (align, sft, dpo): will each fit, what one
+    optimizer step holds, how long and how much, before any GPU hour is spent.
+
+    Per stage: memory per GPU by part (weights, gradients, optimizer, activations, logits,
+    vision tower, overhead) and the peak, as `train.strategy` shards them; tokens / samples
+    / packed rows per optimizer step; steps per epoch; hours and GPU-hours at the assumed
+    `plan.<stage>.mfu`; cost at `plan.price_per_gpu_hour`. Dataset sizes, tokens per
+    sample, GPU type and count come from params.yaml `plan:` (flags override). In --json,
+    "gpus"/"gpu" are the flags' values, else a {stage: value} mapping. A stage that cannot
+    fit exits 1 naming the stage, the overflowing part and the setting to change."""
+    try:
+        from components.plan.preflight import check, plan_run
+        from components.settings import load_settings
+
+        settings = load_settings(profile)
+        plans = plan_run(settings, gpus=gpus, gpu=gpu, run_dir=run_dir)
+        price = settings.plan.price_per_gpu_hour
+        if as_json:
+            print(json.dumps({
+                "gpus": gpus if gpus else {s: p.target.gpus for s, p in plans.items()},
+                "gpu": gpu if gpu else {s: p.target.label for s, p in plans.items()},
+                "stages": {s: p.as_json(price) for s, p in plans.items()}}, indent=2))
+        else:
+            _print_plan(plans, settings)
+        check(plans, settings)
+    except AmaliaError as exc:
+        _fail(exc)
+
+
+def _print_plan(plans: dict, settings) -> None:
+    """Two tables: memory per GPU by part (a column per stage), then the step and schedule."""
+    price = settings.plan.price_per_gpu_hour
+    table = Table(title="memory per GPU (GiB)")
+    table.add_column("part")
+    for s, p in plans.items():
+        t = p.target
+        table.add_column(f"{s}\n{t.gpus} x {t.label}\n{t.strategy} {t.precision}")
+    first = next(iter(plans.values()))
+    for part in first.memory.parts_gib:
+        table.add_row(part, *(f"{p.memory.parts_gib[part]:.2f}" for p in plans.values()))
+    table.add_row("peak", *(f"{p.memory.peak_gib:.2f}" for p in plans.values()))
+    table.add_row("capacity", *(f"{p.target.capacity_gib:.1f}" for p in plans.values()))
+    table.add_row("fits", *("yes" if p.fits else "[red]NO[/]" for p in plans.values()))
+    console.print(table)
+    na = lambda v, f="{:,.1f}": "n/a" if v is None else f.format(v)  # noqa: E731
+    steps = Table(title="one optimizer step, and the schedule")
+    for col in ("stage", "tokens", "samples", "rows", "steps/epoch", "hours", "GPU-hours",
+                "cost $", "MFU"):
+        steps.add_column(col)
+    for s, p in plans.items():
+        j = p.as_json(price)
+        steps.add_row(s, f"{j['tokens_per_step']:,.0f}", f"{j['samples_per_step']:,.1f}",
+                      f"{j['rows_per_step']:,.0f}", str(j["steps_per_epoch"]),
+                      na(j["hours"]), na(j["gpu_hours"]), na(j["cost"], "{:,.0f}"),
+                      "n/a (no GPU peak)" if p.hours is None else
+                      f"{getattr(settings.plan, s).mfu:.0%} assumed")
+    console.print(steps)
 
 
 def main() -> None:

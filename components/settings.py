@@ -171,6 +171,11 @@ class TextModelSettings(_Section):
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
+    # pretrained: the LM's vocabulary before `<image>` is added (the planner's logits and
+    # embeddings; load_pretrained_parts checks it). build_tiny: tokenizer_vocab_size rules.
+    vocab_size: int | None = Field(None, ge=1, description="pretrained LM vocabulary size "
+                                   "(null for build_tiny: model.tokenizer_vocab_size)")
+    tie_word_embeddings: bool = Field(False, description="lm_head shares the embedding")
 
 
 class ModelSettings(_Section):
@@ -210,10 +215,13 @@ class TrainSettings(_Section):
 
     `global_batch_size` is what the recipe means by "batch": samples (DPO: pairs) per
     optimizer step over all processes. It resolves to `per_device_batch_size` x gradient
-    accumulation x world size (`components.train.engine.resolve_batch`); null
+    accumulation x world size (`components.train.batching.resolve_batch`); null
     `per_device_batch_size` puts the whole global batch on each device's share (no
-    accumulation). `learning_rate` is the peak rate of the connector; each trainable part
-    trains at `learning_rate x lr_multipliers[part]` (the table beside `freeze.PARTS`).
+    accumulation). Under `train.packing` it keeps its meaning: the plan turns it into
+    packed rows per step (measured samples per row) and `per_device_batch_size` must be
+    null (micro-batches are bounded by `train.micro_batch_tokens`). `learning_rate` is the
+    peak rate of the connector; each trainable part trains at
+    `learning_rate x lr_multipliers[part]` (the table beside `freeze.PARTS`).
     """
 
     epochs: int = Field(1, ge=0)
@@ -257,8 +265,11 @@ class EngineSettings(_Section):
       more than `max_skip_ratio` skipped fails the stage.
     - `packing`: rows of several whole samples (first-fit decreasing over the length
       index), isolated by a block-diagonal mask (sdpa / eager) or flash-attn varlen
-      (`cu_seqlens`); batch sizes then count packed rows. Refused for an attention
-      implementation that cannot isolate samples (`model.attn_implementation`).
+      (`cu_seqlens`). The stages' `global_batch_size` still means samples (pairs) per
+      step: the plan turns it into packed rows per step from the measured samples per
+      row, micro-batches bounded by `micro_batch_tokens` (`components.train.batching`).
+      Refused for an attention implementation that cannot isolate samples
+      (`model.attn_implementation`).
     """
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -278,10 +289,57 @@ class EngineSettings(_Section):
                                   "larger share of samples cannot fit the budgets")
     system_prompt: str | None = Field(None, description="system turn added to every sample "
                                       "(and to generation prompts)")
-    ddp_timeout_s: int = Field(1800, ge=60)
+    ddp_timeout_s: int = Field(1800, ge=1, description="seconds a rank may wait for the "
+                               "others at a collective (gloo and NCCL) before the launch "
+                               "fails; must exceed what one rank does alone (checkpoint "
+                               "save, planning, evaluation on rank 0)")
     packing: bool = Field(False, description="several samples per row up to model.max_length, "
                           "each attending only to itself (components/train/packing.py); "
-                          "global_batch_size then counts rows")
+                          "global_batch_size still counts samples (pairs); the plan turns "
+                          "it into rows (components/train/batching.py)")
+    micro_batch_tokens: int | None = Field(
+        None, ge=1, description="packing only: tokens per micro-batch per device (whole packed "
+        "rows of model.max_length: rows = max(1, this // max_length)); null = one packed row")
+    loss_chunk_tokens: int = Field(4096, ge=0, description="the LM loss and DPO log-probs "
+                                   "project hidden states onto the vocabulary this many "
+                                   "positions at a time, each chunk recomputed in backward "
+                                   "(components/train/loss.py): never the whole tokens x "
+                                   "vocabulary logits; 0 = the plain, unchunked loss")
+
+
+class PlanStageSettings(_Section):
+    """What `amalia-vl plan` assumes of one training stage's data and cluster (a run's
+    measured length index replaces `tokens_per_sample` / `samples_per_row` when present)."""
+
+    samples: int = Field(1000, ge=1, description="samples (dpo: pairs) per epoch")
+    tokens_per_sample: float = Field(128.0, gt=0, description="mean LM tokens per sample, "
+                                     "image tokens included (dpo: chosen + rejected)")
+    tiles_per_sample: float = Field(1.0, ge=0, description="mean anyres tiles per sample "
+                                    "(dpo: of chosen + rejected)")
+    gpus: int = Field(1, ge=1, description="GPUs (processes) the stage runs on")
+    gpu: str | None = Field(None, description="GPU type (components/plan/gpus.py keys, e.g. "
+                            "H100-SXM); null = this machine (CPU: host RAM, no MFU)")
+    mfu: float = Field(0.35, gt=0, le=1, description="model FLOPs utilisation assumed for "
+                       "hours")
+
+
+class PlanSettings(_Section):
+    """Pre-flight planning (`amalia-vl plan`, components/plan): dataset sizes, cluster,
+    MFU and price per stage, and the constants of the memory model."""
+
+    align: PlanStageSettings = PlanStageSettings()
+    sft: PlanStageSettings = PlanStageSettings()
+    dpo: PlanStageSettings = PlanStageSettings()
+    price_per_gpu_hour: float = Field(2.5, ge=0, description="USD per GPU-hour")
+    overhead_gib: float = Field(3.0, ge=0, description="per GPU: CUDA context, NCCL buffers, "
+                                "allocator fragmentation (0 on CPU)")
+    pack_fill: float = Field(0.95, gt=0, le=1, description="packed rows' mean fill, when no "
+                             "length index says samples per row")
+    index_seconds_per_sample: float = Field(0.003, gt=0, description="length-index cost per "
+                                            "sample per core (bench/length_index.py)")
+    index_cores: int = Field(16, ge=1, description="cores of the node building the index")
+    preflight: bool = Field(True, description="run the plan before every training stage and "
+                            "at retrain start; a recipe that cannot fit fails in seconds")
 
 
 class EvaluateSettings(_Section):
@@ -392,6 +450,7 @@ class Settings(_Section):
     tracking: TrackingSettings = TrackingSettings()
     synthetic: SyntheticSettings = SyntheticSettings()
     orchestration: OrchestrationSettings = OrchestrationSettings()
+    plan: PlanSettings = PlanSettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -5,6 +5,10 @@ manifests exist), gives the stage a clean `<run-dir>/<name>/` directory, calls i
 function and writes the manifest. The CLI (`amalia-vl stage NAME`), `dvc.yaml` and the
 Prefect tasks in `flows/` all go through here, so they cannot drift apart.
 
+Training stages first pass the pre-flight (`components.plan.preflight.preflight_stage`:
+memory per process at this launch's world size, batch resolution, max_length): a recipe
+that cannot run fails with one line before its folder is touched.
+
 A stage function takes a `StageContext` and returns a `StageOutput`. Implementations are
 imported lazily so that `amalia-vl --help` stays fast (Great Expectations, torch and
 transformers take seconds to import).
@@ -156,6 +160,12 @@ def run_stage(
     ws = world()
     inputs = check_prerequisites(name, run_dir, settings)
     ctx = StageContext(name, settings, Path(run_dir), log_metrics, progress)
+    if name in TRAINING_STAGES:
+        from components.plan.preflight import preflight_stage
+
+        # before the folder is touched: a recipe that cannot fit fails here, in seconds,
+        # and earlier checkpoints stay as they are
+        preflight_stage(settings, name, Path(run_dir), ws.world_size)
     keep = ("checkpoints",) if name in TRAINING_STAGES and not restart else ()
     if ws.is_main:
         _clear(ctx.out_dir, keep)

@@ -7,6 +7,10 @@ opens its nested run by naming the parent explicitly, so tasks may run on other 
 Prefect markdown artifact. With `validate.shards` / `translate.shards` above 1 those
 stages run as sharded subflows (`flows/sharded.py`).
 
+Before any stage runs, the pre-flight (`components.plan.preflight.preflight_retrain`)
+plans every training stage the flow will run and refuses, in one line, a recipe that
+cannot fit or whose batch does not resolve.
+
 Run it with `amalia-vl retrain` (local, ephemeral Prefect server unless PREFECT_API_URL is
 set) or deploy it to a work pool (see README "Scale out"). With
 `orchestration.training_deployment` the training stages run as flow runs of that
@@ -182,6 +186,12 @@ def _retrain(
 ) -> dict[str, Any]:
     """The body of `retrain_flow` (see there)."""
     settings = load_settings(profile, params_path, overrides=input_overrides(inputs))
+    # the pre-flight before validate and translate: a recipe that cannot fit fails in
+    # seconds, not after hours of data stages
+    from components.plan.preflight import preflight_retrain
+
+    preflight_retrain(settings, tuple(stages_from(start, stop)),
+                      Path(run_dir) if run_dir else None, nproc * nnodes)
     run_path = Path(run_dir) if run_dir else new_run_dir(Path(settings.runs_dir))
     run_path.mkdir(parents=True, exist_ok=True)
     logger = get_run_logger()

@@ -213,9 +213,17 @@ def test_pretrained_parts_from_local_folders(tmp_path, settings):
         num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2,
     )).save_pretrained(tmp_path / "llama")
 
-    pre = settings.model_copy(update={"model": settings.model.model_copy(update={
+    # params.yaml states the checkpoints' shapes (load_pretrained_parts checks them)
+    m = settings.model
+    pre = settings.model_copy(update={"model": m.model_copy(update={
         "init": "pretrained", "vision_model_id": str(tmp_path / "siglip"),
-        "language_model_id": str(tmp_path / "llama")})})
+        "language_model_id": str(tmp_path / "llama"),
+        "vision": m.vision.model_copy(update={"hidden_size": 32, "intermediate_size": 64,
+                                              "num_hidden_layers": 1}),
+        "text": m.text.model_copy(update={"hidden_size": 32, "intermediate_size": 64,
+                                          "num_hidden_layers": 1, "num_attention_heads": 2,
+                                          "num_key_value_heads": 1,
+                                          "max_position_embeddings": 2048})})})
     model, processor = load_pretrained_parts(pre)
     assert processor.tokenizer.image_token == "<image>"
     assert processor.tokenizer.pad_token is not None

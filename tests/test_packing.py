@@ -375,11 +375,23 @@ def test_sft_and_dpo_stages_train_packed(tmp_path):
     assert metrics["packing"]["packing_layout"] == "varlen"
     assert metrics["packing"]["attn_implementation"] == "sdpa_varlen"
     rows = metrics["packing"]["packed_rows"]
-    assert rows < 16 and rows % 2 == 0
+    # global_batch_size keeps meaning samples: the plan counts rows from samples per row
+    engine = metrics["engine"]
+    per_step = engine["global_batch_size"]
+    assert engine["batch_unit"] == "rows" and rows < 16 and rows % per_step == 0
+    assert per_step == max(1, round(2 / metrics["packing"]["samples_per_row"]))
+    assert engine["samples_per_step"] == pytest.approx(
+        per_step * metrics["packing"]["samples_per_row"], rel=0.01)
     assert out.counts["train_samples"] == 16 and out.counts["skipped"] == 1
     skipped = [json.loads(x) for x in (run / "sft" / "skipped.jsonl").read_text().splitlines()]
     assert [(s["id"], s["reason"]) for s in skipped] == [("long", "too_long")]
-    assert out.counts["steps"] == 6 * rows // 2  # global batch counts rows
+    assert out.counts["steps"] == 6 * rows // per_step
+    # measured per step: rows of the plan, their samples and tokens, in MLflow and metrics
+    measured = [m for m in metrics["step_metrics"]]
+    assert all(m["rows_per_step"] == per_step for m in measured)
+    assert sum(m["samples_per_step"] for m in measured) == 6 * 16
+    assert all(m["tokens_per_step"] > 0 for m in measured)
+    assert any("samples_per_step" in m and "tokens_per_step" in m for m in logged)
     assert out.metrics["loss_last"] < out.metrics["loss_first"]
     steps = [m for m in logged if "padding_ratio" in m]
     assert steps and all(m["padding_ratio"] < 0.2 for m in steps)

@@ -90,13 +90,23 @@ def reference(aligned):
     return ref
 
 
-def test_two_processes_take_the_same_steps_as_one(aligned, reference):
+def test_two_processes_take_the_same_steps_as_one(aligned):
+    """The sampler lays the order out per reader (rank x DataLoader worker: each reads its
+    own row groups), so the two launches compared have the same readers: 2 ranks, and 1
+    rank with 2 workers (per-device batch 2, accumulation 2)."""
     root, run, params = aligned
+    data = Path(load_settings(params_path=params).data_dir)
+    one_params = write_params(root / "one-rank.yaml", overrides(
+        data, align={"epochs": 1, "global_batch_size": 4},
+        sft={**SFT, "per_device_batch_size": 2},
+        train={"save_steps": 1000, "logging_steps": 1, "dataloader_workers": 2}))
+    single = _copy(run, root / "single")
+    _sft(root, single, one_params, "one.db")
     two = _copy(run, root / "two")
     proc = _sft(root, two, params, "two.db", "--nproc", "2")
-    one, many = _manifest(reference), _manifest(two)
+    one, many = _manifest(single), _manifest(two)
     assert many["engine"]["world_size"] == 2 and many["engine"]["per_device_batch_size"] == 2
-    assert one["engine"]["world_size"] == 1 and one["engine"]["per_device_batch_size"] == 4
+    assert one["engine"]["world_size"] == 1 and one["engine"]["gradient_accumulation_steps"] == 2
     assert many["engine"]["global_batch_size"] == one["engine"]["global_batch_size"] == 4
     assert len(one["loss_history"]) == len(many["loss_history"]) == 8 * 32 // 4
     for step, (a, b) in enumerate(zip(one["loss_history"], many["loss_history"],
@@ -110,17 +120,25 @@ def test_packed_rows_split_over_two_processes_take_the_same_steps_as_one(aligned
     """Packing under torchrun: the ranks share the packed rows of each global batch and
     take the same steps as one process (rows counted as the global batch)."""
     root, run, _ = aligned
-    over = overrides(root / "data", align={"epochs": 1, "global_batch_size": 4},
-                     sft={**SFT, "epochs": 2},
-                     train={"save_steps": 1000, "logging_steps": 1, "packing": True})
-    params = write_params(root / "packed.yaml", over)
+    # 6 samples per step at ~2.7 samples per 128-token row: 2 rows per step on 1 or 2
+    # ranks; 1 rank reads with 2 DataLoader workers, so both launches have 2 readers
+    # (the same order)
+    sft = {**SFT, "epochs": 2, "global_batch_size": 6}
+    train = {"save_steps": 1000, "logging_steps": 1, "packing": True}
+    one_params = write_params(root / "packed-one.yaml", overrides(
+        root / "data", align={"epochs": 1, "global_batch_size": 4}, sft=sft,
+        train={**train, "dataloader_workers": 2}))
+    params = write_params(root / "packed.yaml", overrides(
+        root / "data", align={"epochs": 1, "global_batch_size": 4}, sft=sft, train=train))
     one, two = _copy(run, root / "packed-one"), _copy(run, root / "packed-two")
-    _sft(root, one, params, "p1.db")
+    _sft(root, one, one_params, "p1.db")
     _sft(root, two, params, "p2.db", "--nproc", "2")
     a, b = _manifest(one), _manifest(two)
-    assert b["engine"]["world_size"] == 2 and b["engine"]["per_device_batch_size"] == 2
+    assert b["engine"]["world_size"] == 2 and b["engine"]["per_device_batch_size"] == 1
+    assert a["engine"]["batch_unit"] == b["engine"]["batch_unit"] == "rows"
+    assert a["engine"]["global_batch_size"] == b["engine"]["global_batch_size"] == 2
     rows = json.loads((one / "sft" / "metrics.json").read_text())["packing"]["packed_rows"]
-    assert rows < 32 and len(a["loss_history"]) == 2 * rows // 4 == len(b["loss_history"])
+    assert rows < 32 and len(a["loss_history"]) == 2 * rows // 2 == len(b["loss_history"])
     for step, (x, y) in enumerate(zip(a["loss_history"], b["loss_history"], strict=True), 1):
         assert abs(x - y) < 1e-4, f"step {step}: 1 process {x}, 2 processes {y}"
 

@@ -14,6 +14,13 @@ Either way the processor tiles images "anyres" (LlavaNext): a base tile of side
 `check_image_token_agreement` proves processor and model count the same image tokens
 before any training time is spent.
 
+Vocabulary: the embedding and `lm_head` rows are padded to a multiple of 64 (tensor-core
+tiles); the tokenizer and processor keep their real size, padded rows are never a label
+and generation suppresses them. `model.max_length` above the LM's
+`max_position_embeddings` is refused, and for `pretrained` the shapes params.yaml states
+(`model.vision` / `model.text`, what `components.plan` plans with) must be the loaded
+checkpoint's: each a one-line `ConfigError` naming the setting.
+
 `save_model`/`load_model` use plain `save_pretrained` folders reloaded through
 `AutoModelForImageTextToText` + `AutoProcessor`: that folder is the model artefact every
 later stage, the registry and `ask` consume.
@@ -48,6 +55,7 @@ from transformers.models.llava_next.modeling_llava_next import image_size_to_num
 from components.accel import Runtime, detect_runtime, inference_autocast
 from components.errors import AmaliaError, ConfigError, MissingInputError
 from components.model.tokenizer import CHAT_TEMPLATE, IMAGE, PAD, train_tokenizer
+from components.plan.shapes import VOCAB_MULTIPLE, padded_vocab
 from components.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -125,8 +133,9 @@ def build_tiny_model(
         patch_size=v.patch_size,
         vision_use_head=False,  # LlavaNext reads patch features; the pooling head is unused
     )
+    check_max_length(settings, t.max_position_embeddings, "model.text.max_position_embeddings")
     text_config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=padded_vocab(len(tokenizer)),  # rows past the tokenizer: never a label
         hidden_size=t.hidden_size,
         intermediate_size=t.intermediate_size,
         num_hidden_layers=t.num_hidden_layers,
@@ -148,8 +157,43 @@ def build_tiny_model(
     return model.to(device=rt.device, dtype=rt.dtype), processor
 
 
+def check_max_length(settings: Settings, max_positions: int, where: str) -> None:
+    """`model.max_length` must not exceed the LM's `max_position_embeddings`."""
+    if settings.model.max_length > max_positions:
+        raise ConfigError(
+            f"model.max_length={settings.model.max_length} exceeds the language model's "
+            f"max_position_embeddings={max_positions} ({where})",
+            f"lower model.max_length to <= {max_positions}")
+
+
+def check_stated_shapes(settings: Settings, vision_config, text_config) -> None:
+    """The shapes params.yaml states (`model.vision` / `model.text`, which the planner
+    uses) must be the loaded checkpoint's: one `ConfigError` naming the first setting
+    that differs."""
+    m = settings.model
+    pairs = [(f"model.vision.{k}", getattr(m.vision, k), getattr(vision_config, k, None))
+             for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                       "num_attention_heads")]
+    pairs += [(f"model.text.{k}", getattr(m.text, k), getattr(text_config, k, None))
+              for k in ("hidden_size", "intermediate_size", "num_hidden_layers",
+                        "num_attention_heads", "num_key_value_heads",
+                        "max_position_embeddings")]
+    if m.text.vocab_size is not None:
+        pairs.append(("model.text.vocab_size", m.text.vocab_size, text_config.vocab_size))
+    for name, stated, real in pairs:
+        if real is not None and stated != real:
+            raise ConfigError(
+                f"{name}={stated} in params.yaml but the checkpoint has {real} "
+                f"({m.vision_model_id if 'vision' in name else m.language_model_id})",
+                f"set {name}: {real} (the planner's memory and FLOPs use it)")
+
+
 def _set_generation_defaults(model, tokenizer) -> None:
     gc = model.generation_config
+    # the padded vocabulary rows are no token: generation must never pick one
+    rows = model.get_output_embeddings().weight.shape[0] \
+        if model.get_output_embeddings() is not None else len(tokenizer)
+    gc.suppress_tokens = list(range(len(tokenizer), rows)) or None
     gc.pad_token_id = tokenizer.pad_token_id
     gc.eos_token_id = tokenizer.eos_token_id
     gc.bos_token_id = tokenizer.bos_token_id
@@ -193,6 +237,11 @@ def load_pretrained_parts(
             f"image_size={m.vision.image_size}, patch_size={m.vision.patch_size}",
             "make params.yaml match the checkpoint",
         )
+    text_config = _from_pretrained(AutoConfig, m.language_model_id, "language model config")
+    text_config = getattr(text_config, "text_config", text_config)
+    check_stated_shapes(settings, vision_config, text_config)
+    check_max_length(settings, text_config.max_position_embeddings,
+                     f"{m.language_model_id} config")
     vision = _from_pretrained(
         AutoModel, m.vision_model_id, "vision tower", config=vision_config, dtype=rt.dtype
     )
@@ -226,8 +275,12 @@ def load_pretrained_parts(
         torch.randn(lm.config.hidden_size) / lm.config.hidden_size**0.5
     )
     model.model.multi_modal_projector.apply(model._init_weights)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
+    rows = model.get_input_embeddings().num_embeddings
+    if rows < len(tokenizer) or rows % VOCAB_MULTIPLE:
+        # rows past the tokenizer are never a label (ids come from the tokenizer); a
+        # multiple of 64 keeps the embedding and lm_head matmuls on tensor-core tiles
+        model.resize_token_embeddings(max(rows, len(tokenizer)),
+                                      pad_to_multiple_of=VOCAB_MULTIPLE)
     model.config.text_config.vocab_size = model.get_input_embeddings().num_embeddings
     _set_generation_defaults(model, tokenizer)
     processor = make_processor(tokenizer, settings, patch_size=vision_config.patch_size)

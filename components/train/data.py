@@ -19,7 +19,7 @@ from components.errors import AmaliaError
 IGNORE_INDEX = -100
 # batch keys the collators add beside the model's inputs (never passed to forward)
 META_KEYS = ("real_images", "sample_index", "segment_ids", "ref_chosen_logps",
-             "ref_rejected_logps")
+             "ref_rejected_logps", "packed_rows")
 CAPTION_PROMPT = "Descreve a imagem."
 # Larger photos are shrunk on load (aspect kept): the tiles are far smaller anyway, and a
 # 50-megapixel upload should not cost seconds of resizing or gigabytes of memory.

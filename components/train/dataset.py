@@ -8,25 +8,30 @@ DataLoader workers (`train.dataloader_workers`).
 
 Building the dataset is a planning pass over the shards that reads every record and the
 header of every image (no pixel decoding) and encodes the sample's tokens
-(`ChatFormat`): a sample that cannot fit `model.max_length` / `train.max_tiles` even with
-its images scaled down is skipped, with its reason, into `skipped` (the stage writes
-`skipped.jsonl` and fails past `train.max_skip_ratio`). Every remaining sample is known
-to fit before a GPU second is spent. The pass leaves the length index packing needs
-(`components.train.packing`), from the processor's image-token arithmetic, without
-decoding a pixel: `lengths` (tokens per sample as padded batches hold it; chosen +
-rejected for a preference pair) and `packed_lengths` (the same without a text-only
-sample's dummy image, which a packed row does not carry).
+(`ChatFormat`), done once per mix output and settings key, in parallel, and stored in
+`index_dir` for every rank and restart (`components.train.length_index`): a sample that
+cannot fit `model.max_length` / `train.max_tiles` even with its images scaled down is
+skipped, with its reason, into `skipped` (the stage writes `skipped.jsonl` and fails
+past `train.max_skip_ratio`). Every remaining sample is known to fit before a GPU second
+is spent. The pass leaves the length index packing needs (`components.train.packing`),
+from the processor's image-token arithmetic, without decoding a pixel: `lengths` (tokens
+per sample as padded batches hold it; chosen + rejected for a preference pair),
+`packed_lengths` (the same without a text-only sample's dummy image, which a packed row
+does not carry) and `tiles`.
 
-`sampler(seed)` is a seeded block shuffle: the row groups in a random order, each
-group's rows shuffled, re-drawn per epoch (`set_epoch`). Consecutive samples come from the
-same row group (one read per group and worker, not one per sample), the order depends
-only on (seed, epoch), so a resumed run skips exactly the batches it had seen, and
-Accelerate shards the batches of this one order across ranks.
+`sampler(seed, world_size=, batch_size=, workers=)` is a seeded, rank-aware block
+shuffle (`BlockShuffleSampler`): row groups in a random order, each group's rows
+shuffled, re-drawn per epoch (`set_epoch`), laid out so that every (rank, DataLoader
+worker) reads whole row groups of its own (one read per group per epoch, not one per
+interleaved batch). The order depends only on (seed, epoch, world size, workers, batch
+size), so a resumed run skips exactly the batches it had seen; Accelerate shards the
+batches of this one order across ranks.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,7 +44,8 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from components.errors import AmaliaError
-from components.records import RECORD_FIELDS, Record, record_from_row, shard_paths
+from components.records import Record, record_from_row, shard_paths
+from components.train import length_index
 from components.train.chat import (
     Budget,
     ChatFormat,
@@ -49,6 +55,7 @@ from components.train.chat import (
     pixel_inputs,
 )
 from components.train.data import MAX_IMAGE_SIDE, load_image
+from components.train.length_index import packed_length  # noqa: F401 (public here too)
 
 EXIF_ORIENTATION = 0x0112
 SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF rotations by 90 degrees: width <-> height
@@ -64,11 +71,6 @@ class Sample:
     rejected: Tokenized | None
     pixel_values: list[torch.Tensor]  # one (tiles, 3, side, side) per image, in order
     real_images: int  # images of the record (a text-only sample's dummy is not one)
-
-
-def packed_length(tokens: Tokenized) -> int:
-    """Tokens a sample takes in a packed row: all of them, less a dummy image's."""
-    return len(tokens) - (tokens.n_image_tokens if tokens.dummy_image else 0)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -128,7 +130,8 @@ class ShardDataset(Dataset):
     """
 
     def __init__(self, folder: Path, data_dir: Path, processor, chat: ChatFormat,
-                 budget: Budget, *, preference: bool = False):
+                 budget: Budget, *, preference: bool = False, index_dir: Path | None = None,
+                 workers: int | None = None):
         self.shards = [str(p) for p in shard_paths(Path(folder))]
         if not self.shards:
             raise AmaliaError(f"no parquet shards in {folder}",
@@ -138,57 +141,26 @@ class ShardDataset(Dataset):
         self.chat = chat
         self.budget = budget
         self.preference = preference
-        self.skipped: list[dict[str, Any]] = []
+        # the planning pass: once per key, in parallel, shared by every rank and restart
+        index = length_index.load_or_compute(self.shards, self.data_dir, chat, budget,
+                                             preference, index_dir, workers)
+        self.index_key, self.index_computed = index.key, index.computed
+        kept = index.entries[:, 6] >= 0
+        self.skipped: list[dict[str, Any]] = index.skipped
+        self.rows = np.ascontiguousarray(index.entries[kept, :3], dtype=np.int32)
+        self.lengths = np.ascontiguousarray(index.entries[kept, 3], dtype=np.int32)
+        self.packed_lengths = np.ascontiguousarray(index.entries[kept, 4], dtype=np.int32)
+        self.tiles = np.ascontiguousarray(index.entries[kept, 5], dtype=np.int32)
         self.image_sizes_seen: set[tuple[int, int]] = set()  # (height, width), capped
-        rows, lengths, packed = [], [], []
-        for s, g, r, record, blobs in self._scan():
-            try:
-                sizes = [image_size(image_source(record, blobs, self.data_dir, k))
-                         for k in range(len(record.image_list()))]
-                tokens = self._encode(record, sizes)
-            except SkipSample as skip:
-                self.skipped.append({"id": record.id, "reason": skip.reason,
-                                     "detail": str(skip)})
-                continue
-            rows.append((s, g, r))
+        at = 0
+        for n in index.entries[kept, 6].tolist():
             if len(self.image_sizes_seen) < MAX_SIZES_KEPT:
-                self.image_sizes_seen.update(sizes)
-            lengths.append(sum(len(t) for t in tokens if t is not None))
-            packed.append(sum(packed_length(t) for t in tokens if t is not None))
-        self.rows = np.asarray(rows, dtype=np.int32).reshape(-1, 3)
-        self.lengths = np.asarray(lengths, dtype=np.int32)
-        self.packed_lengths = np.asarray(packed, dtype=np.int32)
-
-    # -- planning
-
-    def _scan(self) -> Iterator[tuple[int, int, int, Record, list[bytes | None] | None]]:
-        import pyarrow.parquet as pq
-
-        for s, path in enumerate(self.shards):
-            pf = pq.ParquetFile(path)
-            columns = [c for c in (*RECORD_FIELDS, "image_bytes") if c in pf.schema_arrow.names]
-            for g in range(pf.num_row_groups):
-                table = pf.read_row_group(g, columns=columns)
-                for r, row in enumerate(table.to_pylist()):
-                    try:
-                        record = record_from_row(row)
-                    except ValueError as exc:
-                        self.skipped.append({"id": row.get("id"), "reason": "bad_record",
-                                             "detail": str(exc).splitlines()[0]})
-                        continue
-                    yield s, g, r, record, row.get("image_bytes")
+                self.image_sizes_seen.update(map(tuple, index.sizes[at: at + n].tolist()))
+            at += n
 
     def _encode(self, record: Record, sizes: list[tuple[int, int]]
                 ) -> tuple[Tokenized, Tokenized | None]:
-        if self.preference:
-            if record.kind != "preference":
-                raise SkipSample("not_preference", f"record {record.id}: kind {record.kind}")
-            chosen, rejected = self.chat.encode_preference(record, sizes, self.budget)
-            return chosen, rejected
-        if record.kind == "preference":
-            raise SkipSample("preference_in_sft", f"record {record.id}: preference records "
-                             "train in the dpo stage")
-        return self.chat.encode(record, sizes, self.budget), None
+        return length_index.encode(self.chat, record, sizes, self.budget, self.preference)
 
     # -- reading
 
@@ -205,8 +177,13 @@ class ShardDataset(Dataset):
         bounds = [*sorted(starts.tolist()), len(keys)]
         return [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
-    def sampler(self, seed: int) -> BlockShuffleSampler:
-        return BlockShuffleSampler(self.row_groups, seed)
+    def sampler(self, seed: int, *, world_size: int = 1, batch_size: int = 1,
+                workers: int = 0, accumulation: int = 1) -> BlockShuffleSampler:
+        """The epoch order over this dataset's row groups (`BlockShuffleSampler`: each
+        rank and DataLoader worker of the launch reads whole row groups)."""
+        return BlockShuffleSampler(self.row_groups, seed, world_size=world_size,
+                                   batch_size=batch_size, workers=workers,
+                                   accumulation=accumulation)
 
     def __getitem__(self, i: int) -> Sample:
         s, g, r = (int(v) for v in self.rows[i])
@@ -236,24 +213,106 @@ def _row_group(path: str, group: int) -> list[dict[str, Any]]:
 
 
 class BlockShuffleSampler(Sampler[int]):
-    """Row groups in a seeded random order, rows shuffled inside each (see the module
-    docstring). `set_epoch(e)` re-draws the order for epoch e, deterministically."""
+    """The seeded, rank-aware order of one epoch over `groups` (index arrays, one per
+    parquet row group: samples, or packed rows of one group), re-drawn per epoch by
+    `set_epoch(e)`; it depends only on (seed, epoch, world size, workers, batch size,
+    accumulation), so a resumed run skips exactly the batches it had seen.
 
-    def __init__(self, groups: list[np.ndarray], seed: int):
+    Who reads what: Accelerate cuts this order into batches of `batch_size` and gives
+    batch b to rank b % W; each rank's DataLoader gives its j-th batch to worker j % w
+    (w = max(1, workers)). So batch b is read by stream b % S, S = W x w (stream
+    r + W x k = rank r, worker k). The order is laid out so that every stream owns whole
+    row groups: the groups (in a seeded random order, rows shuffled inside each) go to
+    streams largest first onto the least-loaded one (LPT), and the order interleaves the
+    streams' batches (batch m x S + s is stream s's m-th). Each row group is then read
+    once per epoch by one (rank, worker), not once per interleaved batch.
+
+    Balance (every stream must yield the same number of batches, or ranks would wait
+    for each other, and an epoch must cost what the data holds, no more GPU time): each
+    stream yields B batches, B = the samples over S streams in whole batches (ceil),
+    rounded up so that a rank's batches (B x w) are whole `accumulation` steps. LPT
+    keeps every stream within one row group of that share. A stream holding more than
+    B x `batch_size` samples leaves the tail of its groups (this epoch's shuffled order:
+    other samples each epoch) out of the epoch; a stream holding fewer repeats samples
+    of its own last group, still in its reader's cache (no extra read). Both are zero
+    when the groups balance (one stream, or groups of equal size in a multiple of S) and
+    at most about one row group per stream otherwise (bench/row_group_reads.py measures
+    both shares). Rejected alternatives: splitting a group between streams (it is read
+    twice), or padding every stream to the longest (costs GPU time). With fewer groups
+    than streams, each group is cut into ceil(S / groups) pieces first (so one group is
+    read by up to that many readers). With one stream (1 process, 0 or 1 worker) the
+    order is the plain block shuffle: groups in a random order, rows shuffled inside
+    each, every sample exactly once. After a resume mid-epoch the DataLoader restarts its
+    round-robin at worker 0, so until the epoch ends workers may read each other's groups
+    (same batches, in the same order; more reads)."""
+
+    def __init__(self, groups: list[np.ndarray], seed: int, *, world_size: int = 1,
+                 batch_size: int = 1, workers: int = 0, accumulation: int = 1):
         self.groups = groups
         self.seed = seed
         self.epoch = 0
+        self.world_size = max(1, int(world_size))
+        self.batch_size = max(1, int(batch_size))
+        self.workers = max(1, int(workers))
+        self.accumulation = max(1, int(accumulation))
+
+    @property
+    def streams(self) -> int:
+        return self.world_size * self.workers
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return int(sum(len(g) for g in self.groups))
+        total = int(sum(len(g) for g in self.groups))
+        if self.streams == 1:
+            return total
+        return self.streams * self._batches_per_stream(total) * self.batch_size
 
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
-        for k in rng.permutation(len(self.groups)):
-            yield from rng.permutation(self.groups[k]).tolist()
+        order = rng.permutation(len(self.groups))
+        shuffled = [rng.permutation(self.groups[k]) for k in order]
+        if self.streams == 1:
+            for rows in shuffled:
+                yield from rows.tolist()
+            return
+        pieces = -(-self.streams // max(1, len(shuffled)))  # > 1 only: fewer groups than S
+        units = [p for rows in shuffled for p in np.array_split(rows, pieces) if len(p)]
+        if not units:
+            return
+        per = self.batch_size
+        need = self._batches_per_stream(sum(len(u) for u in units)) * per
+        streams = []
+        for s, mine in enumerate(self._assign([len(u) for u in units])):
+            mine = mine or [s % len(units)]  # more streams than samples' pieces: borrow
+            samples = np.concatenate([units[k] for k in mine])[:need]
+            if len(samples) < need:  # repeat the stream's own last group (cached: no read)
+                samples = np.concatenate([samples, np.resize(units[mine[-1]],
+                                                             need - len(samples))])
+            streams.append(samples.reshape(-1, per))
+        for m in range(need // per):
+            for batches in streams:
+                yield from batches[m].tolist()
+
+    def _assign(self, sizes: list[int]) -> list[list[int]]:
+        """Unit indices (in the epoch's random order) per stream: LPT, the largest first
+        (ties: the random order) onto the least-loaded stream (ties: the lowest); each
+        stream's units then in the random order."""
+        import heapq
+
+        heap = [(0, s) for s in range(self.streams)]
+        owned: list[list[int]] = [[] for _ in range(self.streams)]
+        for k in sorted(range(len(sizes)), key=lambda k: (-sizes[k], k)):
+            load, s = heapq.heappop(heap)
+            owned[s].append(k)
+            heapq.heappush(heap, (load + sizes[k], s))
+        return [sorted(g) for g in owned]
+
+    def _batches_per_stream(self, total: int) -> int:
+        batches = max(1, -(-total // (self.streams * self.batch_size)))
+        step = self.accumulation // math.gcd(self.accumulation, self.workers)
+        return -(-batches // step) * step
 
 
 # ----------------------------------------------------------------------------- collation
@@ -279,3 +338,41 @@ class SampleCollator:
         batch["real_images"] = torch.tensor([s.real_images for s in samples])
         batch["sample_index"] = torch.tensor([s.index for s in samples])
         return batch
+
+
+# ----------------------------------------------------------------------------- reads
+
+
+def row_group_reads(sampler: Sampler[int], group_of: np.ndarray, world_size: int,
+                    workers: int, batch_size: int, cache: int = 2) -> np.ndarray:
+    """Reads of each row group in one epoch of `sampler` (a simulation, for the tests and
+    bench/row_group_reads.py): the order cut into batches of `batch_size` and dealt to
+    ranks by Accelerate's own `BatchSamplerShard`, each rank's j-th batch to DataLoader
+    worker j % workers, each worker keeping `cache` row groups (`_row_group`'s LRU).
+    `group_of[i]`: the row group index `i` of the order reads (a sample's, or a packed
+    row's source group)."""
+    from collections import OrderedDict
+
+    from accelerate.data_loader import BatchSamplerShard
+    from torch.utils.data import BatchSampler
+
+    order = list(sampler)  # one epoch, drawn once for every simulated rank
+    batches = BatchSampler(order, batch_size, drop_last=True)
+    reads = np.zeros(int(group_of.max()) + 1 if len(group_of) else 0, dtype=np.int64)
+    lanes = max(1, workers)
+    for rank in range(world_size):
+        shard = BatchSamplerShard(batches, num_processes=world_size, process_index=rank,
+                                  split_batches=False, even_batches=True)
+        caches: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(lanes)]
+        for j, batch in enumerate(shard):
+            lru = caches[j % lanes]
+            for i in batch:
+                g = int(group_of[i])
+                if g in lru:
+                    lru.move_to_end(g)
+                    continue
+                reads[g] += 1
+                lru[g] = None
+                if len(lru) > cache:
+                    lru.popitem(last=False)
+    return reads

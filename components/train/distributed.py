@@ -10,6 +10,16 @@ MLflow runs.
 
 `World` reads the `RANK`/`WORLD_SIZE`/`LOCAL_RANK` variables torchrun sets; `barrier()`
 is a no-op until a process group exists.
+
+The timeout in force: `init_process_group(timeout_s)` forms the group (gloo or NCCL)
+with `train.ddp_timeout_s` before anything else touches it; the Trainer's later
+`PartialState` finds the group formed and reuses it (accelerate creates a group only when
+none exists), so `TrainingArguments.ddp_timeout` is the same value, never a second one.
+A rank that waits longer than that at a collective (a barrier, a gradient all-reduce, the
+rendezvous itself) fails; `collective_timeout_error` turns that failure (gloo's "Timed out
+waiting", the store's "wait timeout", NCCL's watchdog) into one line naming
+`train.ddp_timeout_s`, and `launch_stage` says the same when NCCL's watchdog killed the
+process before Python could.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from components.errors import AmaliaError, ConfigError
@@ -54,13 +65,54 @@ def world() -> World:
                  int(os.environ.get("WORLD_SIZE", 1)))
 
 
-def init_process_group() -> None:
+def init_process_group(timeout_s: float) -> None:
     """Form the process group now (Accelerate's `PartialState`: gloo on CPU, NCCL on GPU)
-    so that rank 0 can prepare the stage folder before the others read it."""
+    so that rank 0 can prepare the stage folder before the others read it, with
+    `timeout_s` (`train.ddp_timeout_s`) as the limit of every collective wait.
+
+    The timeout must be given here: the group keeps the one it was created with, and
+    the Trainer's own `PartialState` (built from `TrainingArguments.ddp_timeout`) reuses
+    this group instead of forming another."""
     if world().distributed:
+        import torch.distributed as dist
         from accelerate import PartialState
 
-        PartialState()
+        if dist.is_available() and dist.is_initialized():
+            # formed by someone else with a timeout we cannot see: ours would be ignored
+            raise AmaliaError(
+                "the process group was formed before the stage set train.ddp_timeout_s",
+                "start the stage through `amalia-vl stage` or components.train.worker")
+        PartialState(timeout=timedelta(seconds=timeout_s))
+
+
+# what a timed-out collective says: gloo ("Timed out waiting 2000ms for recv operation"),
+# the rendezvous store ("wait timeout after 2000ms"), NCCL's watchdog ("Watchdog caught
+# collective operation timeout: WorkNCCL(...) ran for 600012 milliseconds before timing out")
+TIMEOUT_SIGNS = ("Timed out waiting", "wait timeout after", "collective operation timeout",
+                 "before timing out")
+
+
+class CollectiveTimeoutError(AmaliaError):
+    """A rank waited longer than `train.ddp_timeout_s` for the others."""
+
+
+def timeout_message(detail: str, timeout_s: float | None = None) -> CollectiveTimeoutError:
+    value = f"={timeout_s:g} s" if timeout_s is not None else ""
+    return CollectiveTimeoutError(
+        f"a process waited more than train.ddp_timeout_s{value} for the other ranks at a "
+        f"collective ({detail.strip().splitlines()[0][:200] if detail.strip() else 'timeout'})",
+        "raise train.ddp_timeout_s in params.yaml above the longest time one rank can work "
+        "alone (a checkpoint save, rank 0's planning or evaluation), or find the rank that "
+        "stalled or died")
+
+
+def collective_timeout_error(exc: BaseException, timeout_s: float) -> CollectiveTimeoutError | None:
+    """The one-line error for `exc` when it is a distributed timeout, else None (torch's
+    `DistStoreError` / `DistBackendError` are `RuntimeError`s, as is gloo's)."""
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and any(s in text for s in TIMEOUT_SIGNS):
+        return timeout_message(text, timeout_s)
+    return None
 
 
 def check_nproc(nproc: int, nnodes: int = 1) -> None:
@@ -136,13 +188,18 @@ def torchrun_command(launch: Launch, worker_args: list[str]) -> list[str]:
     return [*cmd, "-m", "components.train.worker", *worker_args]
 
 
-def forward_worker_stderr(stream, sink) -> None:
+def forward_worker_stderr(stream, sink) -> str | None:
     """Copy the launch's stderr to `sink` line by line, as it comes, less torchrun's own
     bookkeeping: its agent's log lines and, after a failure, its `ChildFailedError` report
     (the last thing it prints). The workers' own logs and tracebacks pass unchanged; the
-    failure itself is summed up in one line by `launch_stage`."""
+    failure itself is summed up in one line by `launch_stage`. Returns the first line
+    that reports a collective timeout (NCCL's watchdog aborts the process without a Python
+    exception, so no rank can write its own error), or None."""
     pending: str | None = None
+    timed_out: str | None = None
     for line in stream:
+        if timed_out is None and "collective operation timeout" in line:
+            timed_out = line
         if pending is not None:
             if "<frozen runpy>" in line:  # torchrun's own traceback: its report follows
                 pending = None
@@ -160,6 +217,7 @@ def forward_worker_stderr(stream, sink) -> None:
         sink.write(pending)
     for _ in stream:  # drain the report
         pass
+    return timed_out
 
 
 def launch_stage(name: str, run_dir: Path, launch: Launch, *, profile: str | None,
@@ -193,13 +251,24 @@ def launch_stage(name: str, run_dir: Path, launch: Launch, *, profile: str | Non
     try:
         proc = subprocess.Popen(torchrun_command(launch, args), env=env,
                                 stderr=subprocess.PIPE, text=True, errors="replace")
-        forward_worker_stderr(proc.stderr, sys.stderr)
+        timed_out = forward_worker_stderr(proc.stderr, sys.stderr)
         proc.wait()
         if proc.returncode != 0:
             messages = sorted(errors.glob("rank-*.txt"))
             if messages:
-                raise AmaliaError(messages[0].read_text().strip())
+                raise AmaliaError(_first_cause(messages))
+            if timed_out:
+                raise timeout_message(timed_out)
             raise AmaliaError(f"stage {name}: torchrun exited with status {proc.returncode}",
                               "see the worker logs above")
     finally:
         shutil.rmtree(errors, ignore_errors=True)
+
+
+def _first_cause(messages: list[Path]) -> str:
+    """The line to show for a failed launch: a rank's own error, preferring one that is
+    not a collective timeout (when rank 1 fails for a reason, rank 0 then times out waiting
+    for it: the reason is the news)."""
+    lines = [m.read_text().strip() for m in messages]
+    causes = [line for line in lines if "train.ddp_timeout_s" not in line]
+    return (causes or lines)[0]

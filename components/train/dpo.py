@@ -21,28 +21,44 @@ or packed rows of whole pairs, chosen then rejected, as segments (`train.packing
 `components.train.packing`; the log-probs are then summed per segment), so policy and
 reference each need one forward per batch. `sequence_logps` gathers the
 label tokens' log-probabilities without materialising a full log-softmax
-(`selective_log_softmax`, as TRL does: logsumexp row by row), the memory that matters at
-16k tokens x a 128k vocabulary.
+(`selective_log_softmax`, as TRL does: logsumexp row by row); with
+`train.loss_chunk_tokens` > 0 `pair_logps` never materialises the full logits either
+(`components.train.loss.token_logps`: the vocabulary projection over chunks of
+positions, recomputed in backward), the memory that matters at 16k tokens x a 128k
+vocabulary.
 
 `DPOObjective` is the Trainer objective (`components.train.engine.Objective`): per pair
 loss summed and divided by the pairs of the whole global batch, and per-step statistics
 (rewards/chosen, rewards/rejected, margins, accuracy, logps/chosen, logps/rejected, the
 TRL names). The reference is either a frozen copy (`make_reference`) scored on every batch
-or, with `dpo.precompute_ref_log_probs`, scored once before training
-(`precompute_reference`) and read from the batch's `sample_index`: the policy at step 0
-*is* the reference, so no second model is held in memory.
+or, with `dpo.precompute_ref_log_probs`, scored once when training begins and read from
+the batch's `sample_index`: the policy at step 0 *is* the reference, so no second model
+is held in memory.
+
+The precomputed reference is scored by `ReferenceScorer` (a Trainer callback) after the
+Trainer has prepared the model, by that model, in the training step's forward context
+and batch layout: under DeepSpeed the bf16 module with autocast off, under DDP/bf16
+accelerate's autocast forward, packed rows with the training attention. Scored before
+the Trainer (fp32, no autocast) it was another model, and step-0 margins were not 0.
+The table is stored with the config digest in the stage's `checkpoints/` and reused
+on resume (the restored weights are no longer the step-0 policy); the eval pairs'
+before/after tables are scored the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import TrainerCallback
 
 from components.accel import inference_autocast
-from components.train.data import IGNORE_INDEX, model_inputs, to_device
+from components.train.data import IGNORE_INDEX, model_inputs
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -101,18 +117,25 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return logps * mask
 
 
-def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor]
+def pair_logps(model: nn.Module, batch: dict[str, torch.Tensor], chunk_tokens: int = 0
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen, rejected) answer log-probs of a preference batch: 2B padded rows (the B
     chosen, then the B rejected), or packed rows whose `segment_ids` number the segments
-    chosen, rejected, chosen, ... (`components.train.packing`)."""
+    chosen, rejected, chosen, ... (`components.train.packing`). With `chunk_tokens` > 0
+    the vocabulary projection runs over chunks of that many positions
+    (`components.train.loss.token_logps`), else on the model's full logits."""
     inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
-    logits = model(**inputs).logits
+    if chunk_tokens > 0:
+        from components.train.loss import token_logps as chunked_token_logps
+
+        per_token = chunked_token_logps(model, inputs, batch["labels"], chunk_tokens)
+    else:
+        per_token = token_logps(model(**inputs).logits, batch["labels"])
     if "segment_ids" not in batch:
-        logps = sequence_logps(logits, batch["labels"])
+        logps = per_token.sum(-1)
         half = logps.shape[0] // 2
         return logps[:half], logps[half:]
-    sums = packed_sums(token_logps(logits, batch["labels"]), batch)
+    sums = packed_sums(per_token, batch)
     return sums[0::2], sums[1::2]
 
 
@@ -148,13 +171,17 @@ class DPOObjective:
     pairs of the global batch)."""
 
     def __init__(self, beta: float, nll_weight: float = 0.0, reference: nn.Module | None = None,
-                 ref_logps: torch.Tensor | None = None):
-        if reference is None and ref_logps is None:
+                 ref_logps: torch.Tensor | None = None, *, chunk_tokens: int = 0,
+                 precomputed: bool = False):
+        if reference is None and ref_logps is None and not precomputed:
             raise ValueError("DPO needs a reference model or precomputed reference log-probs")
         self.beta = beta
         self.nll_weight = nll_weight
         self.reference = reference
-        self.ref_logps = ref_logps  # (N, 2): chosen, rejected per sample index
+        self.chunk_tokens = chunk_tokens
+        # (N, 2): chosen, rejected per sample index; with `precomputed` and None here,
+        # `ReferenceScorer` fills it in when training begins
+        self.ref_logps = ref_logps
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return pair_count(batch)
@@ -164,17 +191,20 @@ class DPOObjective:
         if self.ref_logps is not None:
             ref = self.ref_logps.to(batch["input_ids"].device)[batch["sample_index"]]
             return ref[:, 0], ref[:, 1]
+        if self.reference is None:
+            raise RuntimeError("dpo: the precomputed reference was not scored before the "
+                               "first step (ReferenceScorer callback missing)")
         if next(self.reference.parameters()).device != batch["input_ids"].device:
             self.reference.to(batch["input_ids"].device)
         with torch.no_grad(), inference_autocast(self.reference):
-            return pair_logps(self.reference, batch)
+            return pair_logps(self.reference, batch, self.chunk_tokens)
 
     def mean_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(mean over the micro-batch's pairs of sigmoid DPO + `nll_weight` x the chosen
         answer's per-token NLL, statistics as sums over its pairs)."""
         ref_c, ref_r = self.reference_logps(batch)
-        pol_c, pol_r = pair_logps(model, batch)
+        pol_c, pol_r = pair_logps(model, batch, self.chunk_tokens)
         loss, margins = dpo_loss(pol_c, pol_r, ref_c, ref_r, self.beta)
         if self.nll_weight:
             loss = loss + self.nll_weight * chosen_nll(pol_c, chosen_lengths(batch))
@@ -196,11 +226,24 @@ class DPOObjective:
         return loss * self.count(batch) / num_items, stats
 
 
+REFERENCE_FILE = "dpo_reference.pt"  # ReferenceScorer's tables, in the stage's checkpoints/
+
+
+def pair_total(dataset) -> int:
+    """Preference pairs of `dataset`: a `PackedDataset`'s base pairs, else its length."""
+    return len(getattr(dataset, "base", dataset))
+
+
 @torch.no_grad()
-def precompute_reference(model: nn.Module, dataset, collate, batch_size: int) -> torch.Tensor:
-    """(N, 2) reference log-probs (chosen, rejected) of every sample of `dataset`, scored
-    with `model` as it is now. Under torchrun each rank scores every world-size-th batch
-    and the ranks sum their tables (all-reduce), so the work is split, not repeated."""
+def precompute_reference(model: nn.Module, dataset, collate, batch_size: int,
+                         chunk_tokens: int = 0, context=inference_autocast) -> torch.Tensor:
+    """(N, 2) reference log-probs (chosen, rejected) of every pair of `dataset` (padded
+    pairs, or a `PackedDataset`'s rows: N is then its base's pairs), scored with `model`
+    as it is now, in batches of `batch_size` items of `dataset` made by `collate`, each
+    forward inside `context(model)` (default `inference_autocast`: scoring outside the
+    Trainer; `ReferenceScorer` passes the training step's own context). Under torchrun
+    each rank scores every world-size-th batch and the ranks sum their tables
+    (all-reduce), so the work is split, not repeated."""
     import torch.distributed as dist
 
     from components.train.distributed import world
@@ -209,7 +252,7 @@ def precompute_reference(model: nn.Module, dataset, collate, batch_size: int) ->
     was_training = model.training
     model.eval()
     param = next(model.parameters())
-    table = torch.zeros(len(dataset), 2, dtype=torch.float64)
+    table = torch.zeros(pair_total(dataset), 2, dtype=torch.float64)
     starts = list(range(0, len(dataset), batch_size))
     # every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively)
     rounds = -(-len(starts) // ws.world_size)
@@ -218,10 +261,12 @@ def precompute_reference(model: nn.Module, dataset, collate, batch_size: int) ->
         start = starts[position] if position < len(starts) else starts[0] if starts else None
         if start is None:
             break
-        samples = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        batch = to_device(collate(samples), param.device)
-        with inference_autocast(model):
-            chosen, rejected = pair_logps(model, batch)
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        # packed varlen batches carry ints too (max_length_q): move the tensors only
+        batch = {k: v.to(param.device) if torch.is_tensor(v) else v
+                 for k, v in collate(items).items()}
+        with context(model):
+            chosen, rejected = pair_logps(model, batch, chunk_tokens)
         if position >= len(starts):
             continue  # a filler forward: its scores belong to another rank
         table[batch["sample_index"].cpu(), 0] = chosen.double().cpu()
@@ -233,6 +278,95 @@ def precompute_reference(model: nn.Module, dataset, collate, batch_size: int) ->
         table = table.cpu()
     model.train(was_training)
     return table.float()
+
+
+def _training_context(model: nn.Module):
+    """The forward context of the Trainer's step: none of our own. transformers 5's
+    `compute_loss_context_manager` is empty (it leaves autocast to accelerate, which
+    wraps the prepared model's forward in it; under DeepSpeed the module itself is bf16
+    and autocast is off), so the prepared model scored bare runs as it trains."""
+    return contextlib.nullcontext()
+
+
+class ReferenceScorer(TrainerCallback):
+    """The DPO reference as the step-0 policy, scored when training begins by the model
+    the Trainer prepared (DeepSpeed's bf16 module, accelerate's autocast forward, the
+    training attention) on the training batches' layout (packed rows when packing), in
+    the step's own forward context; plus the eval pairs' table the before/after margins
+    compare against.
+
+    - `objective.ref_logps` is filled from the train table when `train_set` is given
+      (`dpo.precompute_ref_log_probs`); the eval pairs are always scored.
+    - The tables are stored in `store` (in the stage's `checkpoints/`, which a re-run
+      keeps) with the config digest. A run resumed from a checkpoint reuses them: the
+      restored weights are no longer the step-0 policy. A resume that finds no stored
+      tables (or another digest) stops with an `AmaliaError` instead of scoring the
+      trained weights.
+    - At the end of training the eval pairs are scored again in the same context
+      (`eval_after`)."""
+
+    def __init__(self, objective: DPOObjective | None, train_set, eval_set, collate,
+                 store: Path, config_digest: str, chunk_tokens: int = 0):
+        self.objective = objective
+        self.train_set, self.eval_set = train_set, eval_set
+        self.collate = collate  # the training collator: train and eval in its layout
+        self.store, self.config_digest = Path(store), config_digest
+        self.chunk_tokens = chunk_tokens
+        self.eval_before: torch.Tensor | None = None
+        self.eval_after: torch.Tensor | None = None
+        self.reused = False
+
+    def _score(self, model, dataset, args) -> torch.Tensor:
+        """`dataset` scored in micro-batches of the training step's size and layout."""
+        return precompute_reference(model, dataset, self.collate,
+                                    args.per_device_train_batch_size, self.chunk_tokens,
+                                    context=_training_context)
+
+    def _load(self) -> dict | None:
+        if not self.store.is_file():
+            return None
+        stored = torch.load(self.store, map_location="cpu", weights_only=True)
+        fits = (stored.get("config_digest") == self.config_digest
+                and stored.get("eval_pairs") == pair_total(self.eval_set)
+                and stored.get("train_pairs") == (pair_total(self.train_set)
+                                                  if self.train_set is not None else None))
+        return stored if fits else None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        from components.errors import AmaliaError
+        from components.train.distributed import world
+
+        stored = self._load()
+        if stored is None and state.global_step > 0:
+            raise AmaliaError(
+                f"dpo: resuming at step {state.global_step} but the step-0 reference "
+                f"log-probs are not in {self.store} (or were made with another config): "
+                "scoring the restored weights would give a wrong reference",
+                f"re-run with --restart (discards {self.store.parent}) to train DPO from "
+                "step 0 again")
+        if stored is None:
+            stored = {
+                "config_digest": self.config_digest,
+                "eval_pairs": pair_total(self.eval_set),
+                "eval": self._score(model, self.eval_set, args),
+                "train_pairs": None, "train": None,
+            }
+            if self.train_set is not None:
+                stored["train_pairs"] = pair_total(self.train_set)
+                stored["train"] = self._score(model, self.train_set, args)
+            if world().is_main:
+                self.store.parent.mkdir(parents=True, exist_ok=True)
+                partial = self.store.with_suffix(".partial")
+                torch.save(stored, partial)
+                os.replace(partial, self.store)  # never a half-written table
+        else:
+            self.reused = True
+        self.eval_before = stored["eval"]
+        if self.objective is not None and stored["train"] is not None:
+            self.objective.ref_logps = stored["train"]
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.eval_after = self._score(model, self.eval_set, args)
 
 
 def preference_scores(policy: torch.Tensor, reference: torch.Tensor, beta: float

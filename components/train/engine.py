@@ -9,7 +9,9 @@ DDP / DeepSpeed ZeRO / FSDP wrapping, checkpointing and exact resume are the Tra
 Contracts:
 
 - **Global batch** = per-device batch x gradient accumulation x world size
-  (`resolve_batch`); the objective normalises each micro-batch by the item count of the
+  (`resolve_batch`, `components.train.batching`: under packing the items are packed rows,
+  planned from the recipe's samples per step; the step metrics measure samples, rows and
+  tokens per optimizer step); the objective normalises each micro-batch by the item count of the
   whole global batch (tokens for LM losses, pairs for DPO, counted over every
   accumulation micro-batch and every rank) and is scaled for the ranks' gradient
   averaging, so N processes at batch B/N train exactly like 1 process at batch B.
@@ -37,7 +39,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,58 +51,23 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from components.accel import Runtime, detect_runtime
 from components.errors import ConfigError
 from components.model.freeze import parameter_groups
+from components.plan import gpus as plan_gpus
 from components.settings import EngineSettings, Settings, TrainSettings
 from components.stages import MetricLogger
 from components.train import checkpoints
+from components.train.batching import BatchPlan, resolve_batch  # noqa: F401 (re-exported)
 from components.train.data import IGNORE_INDEX, model_inputs
 from components.train.distributed import world
 
 log = logging.getLogger(__name__)
 
-# dense bf16 peak FLOP/s per device, for MFU (vendor datasheets, no sparsity)
-PEAK_BF16_FLOPS: dict[str, float] = {
-    "H200": 989e12, "H100": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12,
-    "L40S": 362e12, "L4": 121e12, "A10G": 125e12, "GH200": 989e12, "B200": 2250e12,
-}
+# dense bf16 peak FLOP/s per exact device name, for MFU (components/plan/gpus.py: datasheet
+# numbers; a name not listed gets no MFU rather than another card's peak)
+PEAK_BF16_FLOPS: dict[str, float] = {name: g.peak_bf16_flops
+                                     for name, g in plan_gpus.BY_NAME.items()}
 
 
 # ----------------------------------------------------------------------------- plan
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """The batch sizes as resolved for this launch (recorded in the stage manifest)."""
-
-    world_size: int
-    per_device_batch_size: int
-    gradient_accumulation_steps: int
-    global_batch_size: int
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-def resolve_batch(train: TrainSettings, world_size: int, stage: str) -> BatchPlan:
-    """Per-device batch and accumulation that give `train.global_batch_size` on
-    `world_size` processes; `ConfigError` naming the setting when they cannot."""
-    g = train.global_batch_size
-    per = train.per_device_batch_size
-    if per is None:
-        if g % world_size:
-            raise ConfigError(
-                f"{stage}.global_batch_size={g} does not split over {world_size} processes",
-                f"set {stage}.per_device_batch_size, or a global batch that is a multiple "
-                f"of {world_size}",
-            )
-        per = g // world_size
-    if g % (per * world_size):
-        raise ConfigError(
-            f"{stage}.global_batch_size={g} is not a multiple of per_device_batch_size={per} "
-            f"x world size {world_size}",
-            f"choose a global batch that is a multiple of {per * world_size}, or another "
-            f"{stage}.per_device_batch_size",
-        )
-    return BatchPlan(world_size, per, g // (per * world_size), g)
 
 
 def resolve_precision(engine: EngineSettings, runtime: Runtime) -> str:
@@ -133,7 +100,8 @@ def deepspeed_config(stage_zero: int, plan: BatchPlan, precision: str,
 
     No `optimizer`/`scheduler` sections: the Trainer hands DeepSpeed its own AdamW (one
     group per trainable part) and cosine schedule, so all strategies train alike. bf16 in
-    DeepSpeed keeps fp32 master weights and optimizer state.
+    DeepSpeed keeps fp32 master weights and optimizer state, and (`data_types`) sums the
+    micro-batches' gradients in fp32.
     """
     zero: dict[str, Any] = {
         "stage": stage_zero,
@@ -148,7 +116,7 @@ def deepspeed_config(stage_zero: int, plan: BatchPlan, precision: str,
             "stage3_param_persistence_threshold": 1e6,
             "stage3_gather_16bit_weights_on_model_save": True,
         })
-    return {
+    config = {
         "train_batch_size": plan.global_batch_size,
         "train_micro_batch_size_per_gpu": plan.per_device_batch_size,
         "gradient_accumulation_steps": plan.gradient_accumulation_steps,
@@ -159,6 +127,11 @@ def deepspeed_config(stage_zero: int, plan: BatchPlan, precision: str,
         "steps_per_print": 1_000_000_000,
         "wall_clock_breakdown": False,
     }
+    if precision == "bf16":
+        # ZeRO otherwise sums micro-batch gradients in the bf16 of the module: 8 mantissa
+        # bits, so over many accumulation steps small contributions round away
+        config["data_types"] = {"grad_accum_dtype": "fp32"}
+    return config
 
 
 def check_deepspeed_config(config: dict[str, Any], plan: BatchPlan, source: str,
@@ -202,6 +175,14 @@ def check_deepspeed_config(config: dict[str, Any], plan: BatchPlan, source: str,
             raise ConfigError(
                 f"{source}: {half}.enabled={enabled} but train.precision resolves to "
                 f"{precision}", f'set "{half}": {{"enabled": "auto"}} in {source}')
+    accumulate = (config.get("data_types") or {}).get("grad_accum_dtype")
+    if precision == "bf16" and plan.gradient_accumulation_steps > 1 and accumulate != "fp32":
+        # a warning, not a refusal: bf16 accumulation is a legitimate memory trade-off,
+        # but it must be a choice the log shows, not an accident of a missing key
+        log.warning("%s: bf16 with %d accumulation steps and data_types.grad_accum_dtype=%s: "
+                    "ZeRO sums gradients in bf16; set \"data_types\": {\"grad_accum_dtype\": "
+                    "\"fp32\"} to accumulate in fp32", source,
+                    plan.gradient_accumulation_steps, accumulate)
 
 
 FSDP_WRAP = ["LlamaDecoderLayer", "SiglipEncoderLayer"]
@@ -235,12 +216,22 @@ class Objective(Protocol):
 
 class LMObjective:
     """Next-token cross-entropy on the label tokens (assistant turns), averaged over all
-    label tokens of the global batch: the model's own loss with `num_items_in_batch`."""
+    label tokens of the global batch: the model's own loss with `num_items_in_batch`.
+    With `chunk_tokens` > 0 (`train.loss_chunk_tokens`) the same loss over chunks of that
+    many positions (`components.train.loss.lm_loss`: never the whole logits tensor)."""
+
+    def __init__(self, chunk_tokens: int = 0):
+        self.chunk_tokens = chunk_tokens
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
 
     def __call__(self, model, batch, num_items):
+        if self.chunk_tokens > 0:
+            from components.train.loss import lm_loss
+
+            inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
+            return lm_loss(model, inputs, batch["labels"], num_items, self.chunk_tokens), {}
         out = model(**model_inputs(batch), num_items_in_batch=num_items)
         return out.loss, {}
 
@@ -277,12 +268,16 @@ class AmaliaTrainer(Trainer):
         self.peak_flops = peak_flops
         self._stats: dict[str, float] = {}
         self._last_log = time.perf_counter()
+        self._last_step: int | None = None
 
     # the dataset decides the order (seeded block shuffle: exact resume, sharded reads)
     def _get_train_sampler(self, train_dataset=None):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if hasattr(dataset, "sampler"):
-            return dataset.sampler(self.args.seed)
+        if hasattr(dataset, "sampler"):  # rank-aware: each (rank, worker) owns row groups
+            return dataset.sampler(self.args.seed, world_size=self.args.world_size,
+                                   batch_size=self.args.per_device_train_batch_size,
+                                   workers=self.args.dataloader_num_workers,
+                                   accumulation=self.args.gradient_accumulation_steps)
         return super()._get_train_sampler(train_dataset)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -334,9 +329,13 @@ class AmaliaTrainer(Trainer):
 
     def _add_stats(self, inputs: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]):
         real, positions = real_tokens(inputs)
+        samples = int(inputs["sample_index"].numel()) if "sample_index" in inputs else 0
         add = {
             "tokens": float(real),
             "positions": float(positions),
+            "samples": float(samples),
+            # packed rows of the micro-batch (the collator counts them), else its samples
+            "rows": float(inputs["packed_rows"]) if "packed_rows" in inputs else float(samples),
             "images": float(inputs["real_images"].sum()) if "real_images" in inputs else 0.0,
         }
         add.update({k: float(v.detach()) for k, v in stats.items()})
@@ -360,7 +359,15 @@ class AmaliaTrainer(Trainer):
         self._stats = {}
         tokens = total.pop("tokens", 0.0)
         positions = total.pop("positions", 0.0)
+        # optimizer steps since the last log (1 with logging_steps=1; None: first log)
+        steps = max(self.state.global_step - self._last_step, 1) \
+            if self._last_step is not None else 1
+        self._last_step = self.state.global_step
         out = {
+            # what an optimizer step held, measured over all ranks and micro-batches
+            "samples_per_step": total.pop("samples", 0.0) / steps,
+            "rows_per_step": total.pop("rows", 0.0) / steps,
+            "tokens_per_step": tokens / steps,
             "tokens_per_s": tokens / seconds,
             "images_per_s": total.pop("images", 0.0) / seconds,
             "padding_ratio": 1.0 - tokens / positions if positions else 0.0,
@@ -465,16 +472,24 @@ class TrainResult:
                 "per_device_batch_size": self.plan.per_device_batch_size,
                 "gradient_accumulation_steps": self.plan.gradient_accumulation_steps,
                 "global_batch_size": self.plan.global_batch_size,
+                "batch_unit": self.plan.unit,
+                # planned per optimizer step (measured ones: the step metrics)
+                "samples_per_step": self.plan.samples_per_step or self.plan.global_batch_size,
+                "rows_per_step": self.plan.global_batch_size,
+                "micro_batch_tokens": self.plan.micro_batch_tokens,
                 "precision": self.precision, "strategy": self.strategy,
                 "strategy_fallback": self.fallback, "resumed_from_step": self.resumed_from_step}
 
 
-def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x parameters + 12 x layers x hidden x sequence length
-    (the attention term of Chinchilla / PaLM's MFU accounting), for the language model."""
-    n_params = sum(p.numel() for p in model.parameters())
-    text = model.config.text_config
-    return 6.0 * n_params + 12.0 * text.num_hidden_layers * text.hidden_size * seq_len
+def flops_per_token(model: nn.Module, seq_len: int, tiles_per_token: float = 0.0) -> float:
+    """Model FLOPs per LM token (MFU's numerator) of training `model` on samples of
+    `seq_len` tokens with `tiles_per_token` image tiles through the vision tower, counting
+    what is computed (`components.plan.flops`): 2N forward for every part, backward 4N
+    where weights train and 2N where a gradient only passes through a frozen part, the
+    attention term, no checkpointing recompute."""
+    from components.plan.flops import model_flops_per_token
+
+    return model_flops_per_token(model, seq_len, tiles_per_token)
 
 
 def _mean_length(dataset, settings: Settings) -> int:
@@ -486,13 +501,11 @@ def _mean_length(dataset, settings: Settings) -> int:
 
 
 def peak_flops(runtime: Runtime) -> float | None:
+    """Dense bf16 peak FLOP/s of this GPU, looked up by its exact name (None on a CPU or
+    for a GPU not in `components.plan.gpus`, which logs why MFU is not reported)."""
     if runtime.device != "cuda":
         return None
-    name = torch.cuda.get_device_name(0)
-    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
-        if key in name:
-            return PEAK_BF16_FLOPS[key]
-    return None
+    return plan_gpus.peak_flops(torch.cuda.get_device_name(0))
 
 
 def training_arguments(settings: Settings, stage: str, out_dir: Path, plan: BatchPlan,
@@ -611,16 +624,22 @@ def train_stage(
     progress: bool,
     runtime: Runtime | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    plan: BatchPlan | None = None,
 ) -> TrainResult:
     """Train `model` on `dataset` with the Trainer; resumes from the newest valid checkpoint
-    in `<out_dir>/checkpoints/` made with the same `config_digest` (see checkpoints)."""
+    in `<out_dir>/checkpoints/` made with the same `config_digest` (see checkpoints).
+    `plan`: the caller's resolved batch plan, else the dataset's `plan` (packed rows carry
+    the plan `stages.training_data` resolved from them), else `resolve_batch` unpacked."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars at every checkpoint
     rt = runtime or detect_runtime()
     ws = world()
     t = settings.stage_train(stage)
-    plan = resolve_batch(t, ws.world_size, stage)
+    plan = plan or getattr(dataset, "plan", None) or resolve_batch(t, ws.world_size, stage)
+    if plan.world_size != ws.world_size:
+        raise ConfigError(f"{stage}: batch plan for {plan.world_size} processes, launched on "
+                          f"{ws.world_size}", "resolve the plan on the launch's world size")
     precision = resolve_precision(settings.engine, rt)
     strategy, fallback = resolve_strategy(settings.engine, rt)
     if fallback:
@@ -636,7 +655,9 @@ def train_stage(
     ws.barrier()
     args = training_arguments(settings, stage, out_dir, plan, precision, strategy, rt,
                               config_path)
-    resume = checkpoints.resume_point(out_dir / "checkpoints", config_digest)
+    # collective: every rank gets the same resume point or the same one-line refusal
+    resume = checkpoints.resume_point(out_dir / "checkpoints", config_digest,
+                                      world_size=ws.world_size, strategy=strategy)
     trainer = AmaliaTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         objective=objective, train_settings=t,
@@ -646,7 +667,7 @@ def train_stage(
     )
     for noisy in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(noisy)
-    trainer.add_callback(checkpoints.SealCheckpoint(config_digest))
+    trainer.add_callback(checkpoints.SealCheckpoint(config_digest, ws.world_size, strategy))
     trainer.add_callback(MetricsToSink(log_metrics, settings.engine.logging_steps))
     if progress:
         trainer.add_callback(RichProgress(stage))
@@ -661,8 +682,8 @@ def train_stage(
         step_logs=steps_logs,
         plan=plan, precision=precision, strategy=strategy, fallback=fallback,
         steps=trainer.state.global_step, seconds=seconds,
-        samples=(trainer.state.global_step - (resume.step if resume else 0))
-        * plan.global_batch_size,
+        samples=round((trainer.state.global_step - (resume.step if resume else 0))
+                      * (plan.samples_per_step or plan.global_batch_size)),
         resumed_from_step=resume.step if resume else None,
         strategy_config=config_path.name if config_path and strategy != "ddp" else None,
     )

@@ -8,9 +8,13 @@ tokens, within each source row group (a row's samples are read from one cached r
 group). A row never splits a sample: samples are never truncated (the planning pass
 skipped what cannot fit a row alone), and a preference pair (chosen + rejected: the
 packing unit of dpo) longer than a row gets a row of its own. Rows are computed once;
-the number of rows is made a multiple of the global batch (`multiple`) by splitting the
-fullest rows, so every epoch uses every sample exactly once on any world size. The
-sampler shuffles rows per epoch (`BlockShuffleSampler` over the groups' rows).
+the stage then measures samples per row, plans the step in rows from the recipe's
+samples (`components.train.batching`) and makes the number of rows a multiple of the
+rows per optimizer step (`make_multiple`) by splitting the fullest rows, so an epoch
+holds whole optimizer steps. The sampler shuffles rows per epoch, rank-aware over their
+source row groups (`BlockShuffleSampler`: each rank and worker reads whole groups).
+Collated batches carry `packed_rows` (meta: rows in the micro-batch, for the step
+metrics).
 
 Isolation, by the attention implementation the language model runs (`attention_layout`):
 
@@ -182,6 +186,7 @@ class PackedDataset(Dataset):
     def __init__(self, base: ShardDataset, capacity: int, multiple: int = 1):
         self.base = base
         self.capacity = int(capacity)
+        self.plan = None  # the BatchPlan resolved from these rows (stages.training_data)
         self.rows, self._groups = pack_rows(base.row_groups, base.packed_lengths,
                                             self.capacity, multiple)
         self.row_lengths = np.asarray([int(base.packed_lengths[r].sum()) for r in self.rows],
@@ -210,8 +215,33 @@ class PackedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def sampler(self, seed: int) -> BlockShuffleSampler:
-        return BlockShuffleSampler(self._groups, seed)
+    def sampler(self, seed: int, *, world_size: int = 1, batch_size: int = 1,
+                workers: int = 0, accumulation: int = 1) -> BlockShuffleSampler:
+        """The epoch order over the rows, rank-aware over their source row groups (each
+        rank and DataLoader worker reads whole row groups: `BlockShuffleSampler`)."""
+        return BlockShuffleSampler(self._groups, seed, world_size=world_size,
+                                   batch_size=batch_size, workers=workers,
+                                   accumulation=accumulation)
+
+    def make_multiple(self, multiple: int) -> None:
+        """Split the fullest rows until their number is a multiple of `multiple` (the
+        rows of one optimizer step, `stages.training_data`): whole global batches."""
+        groups = self._groups
+        rows = split_to_multiple([r.tolist() for r in self.rows], multiple,
+                                 self.base.packed_lengths)
+        before = len(self.rows)
+        owner = np.empty(before, dtype=np.int64)  # row -> group, rows as packed
+        for g, members in enumerate(groups):
+            owner[members] = g
+        of_sample = {int(i): int(owner[k]) for k in range(before) for i in self.rows[k]}
+        owner = [*owner.tolist(), *(of_sample[rows[k][0]] for k in range(before, len(rows)))]
+        by_group: list[list[int]] = [[] for _ in groups]
+        for k, g in enumerate(owner):
+            by_group[g].append(k)
+        self.rows = [np.asarray(r, dtype=np.int64) for r in rows]
+        self._groups = [np.asarray(b, dtype=np.int64) for b in by_group if b]
+        self.row_lengths = np.asarray([int(self.base.packed_lengths[r].sum())
+                                       for r in self.rows], dtype=np.int64)
 
     def __getitem__(self, k: int) -> list[Sample]:
         return [self.base[int(i)] for i in self.rows[k]]
@@ -304,6 +334,7 @@ class PackedCollator:
                                             dtype=torch.long).reshape(-1, 2)
         batch["real_images"] = torch.tensor([s.real_images for s in samples])
         batch["sample_index"] = torch.tensor([s.index for s in samples])
+        batch["packed_rows"] = torch.tensor(len(rows))  # rows per step, for the step metrics
         return batch
 
     @staticmethod

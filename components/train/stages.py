@@ -7,9 +7,11 @@ and, after align, the previous stage's `model/`; trains on the transformers Trai
 writes into its stage directory:
 
 - `model/`: save_pretrained model + processor (align also keeps the untrained `init/`);
-- `metrics.json`: per-step loss history and step metrics, first/last loss, steps,
-  seconds, samples/s, the resolved engine (world size, per-device batch, accumulation,
-  precision, strategy) and `resumed_from_step`;
+- `metrics.json`: per-step loss history and step metrics (samples, rows and tokens per
+  optimizer step as measured, all ranks together), first/last loss, steps, seconds,
+  samples/s, the resolved engine (world size, per-device batch, accumulation, the unit
+  they count, planned samples and rows per step, precision, strategy) and
+  `resumed_from_step`;
 - `loss.png`: the loss curve; `skipped.jsonl`: samples that could not fit the budgets;
 - `deepspeed_config.json` / `fsdp_config.json` when that strategy runs.
 
@@ -48,13 +50,15 @@ from components.records import iter_records, shard_paths
 from components.settings import Settings
 from components.stages import StageContext, StageOutput, check_prerequisites
 from components.train import checkpoints
+from components.train.batching import PackingShape, resolve_batch
 from components.train.chat import CAPTION_PROMPT, MC_POST_PROMPT, Budget, ChatFormat
 from components.train.dataset import SampleCollator, ShardDataset
 from components.train.distributed import world
 from components.train.dpo import (
+    REFERENCE_FILE,
     DPOObjective,
+    ReferenceScorer,
     make_reference,
-    precompute_reference,
     preference_scores,
 )
 from components.train.engine import (
@@ -76,8 +80,9 @@ MAX_DATA_SIZES_CHECKED = 64
 TRAIN_OUTPUTS = ("align", "sft", "dpo")
 # step metrics summarised into the stage's metrics (mean over the run)
 PACKING_KEYS = ("packing", "attn_implementation", "packed_rows", "packing_layout",
-                "samples_per_row", "row_fill_ratio")
-SUMMARISED = ("tokens_per_s", "images_per_s", "padding_ratio", "grad_norm", "mfu")
+                "samples_per_row", "row_fill_ratio", "planned_tokens_per_step")
+SUMMARISED = ("tokens_per_s", "images_per_s", "padding_ratio", "grad_norm", "mfu",
+              "samples_per_step", "rows_per_step", "tokens_per_step")
 
 
 def mix_texts(mix_dir: Path) -> list[str]:
@@ -116,8 +121,11 @@ def _budget(s: Settings) -> Budget:
 def _dataset(ctx: StageContext, output: str, processor, chat: ChatFormat,
              preference: bool) -> ShardDataset:
     folder = ctx.stage_dir("mix") / "shards" / output
+    # the length index: computed once per key by the first rank, reused by all and by every
+    # restart; beside the mix, not in it (a file inside mix/ would change its DVC output)
     return ShardDataset(folder, ctx.data_dir, processor, chat, _budget(ctx.settings),
-                        preference=preference)
+                        preference=preference,
+                        index_dir=ctx.run_dir / "length_index" / output)
 
 
 def record_skips(ctx: StageContext, dataset: ShardDataset, what: str) -> dict[str, int]:
@@ -267,7 +275,8 @@ def _finish(ctx: StageContext, result: TrainResult, counts_by_part: dict[str, in
 def training_data(ctx: StageContext, model, chat: ChatFormat, base: ShardDataset):
     """(dataset, collator, packing record) the Trainer runs on: `base` in padded batches,
     or with `train.packing` its packed rows in the layout of the model's attention (call
-    inside `training_attention`, which chose it)."""
+    inside `training_attention`, which chose it), carrying as `plan` the `BatchPlan` in
+    rows resolved from their measured samples per row (`train_stage` trains on it)."""
     s = ctx.settings
     attention = text_attention(model)
     pad = chat.tokenizer.pad_token_id
@@ -275,11 +284,19 @@ def training_data(ctx: StageContext, model, chat: ChatFormat, base: ShardDataset
     if not s.engine.packing:
         return base, SampleCollator(pad), record
     collator = PackedCollator.for_model(model, chat, pad)
-    packed = PackedDataset(base, s.model.max_length,
-                           multiple=s.stage_train(ctx.name).global_batch_size)
+    # pack first, measure samples per row, plan the step in rows from it, then split rows
+    # until every global batch of rows is whole (every row once per epoch)
+    packed = PackedDataset(base, s.model.max_length)
+    shape = PackingShape(samples_per_row=len(base) / max(len(packed), 1),
+                         row_tokens=s.model.max_length,
+                         micro_batch_tokens=s.engine.micro_batch_tokens or s.model.max_length)
+    packed.plan = resolve_batch(s.stage_train(ctx.name), world().world_size, ctx.name, shape)
+    packed.make_multiple(packed.plan.global_batch_size)
     record.update({"packed_rows": len(packed), "packing_layout": collator.layout,
                    "samples_per_row": round(len(base) / max(len(packed), 1), 3),
-                   "row_fill_ratio": round(packed.fill_ratio, 4)})
+                   "row_fill_ratio": round(packed.fill_ratio, 4),
+                   "planned_tokens_per_step": round(packed.plan.global_batch_size
+                                                    * float(packed.row_lengths.mean()))})
     log.info("%s: packed %d samples into %d rows of <= %d tokens (%.1f%% full, %s)",
              ctx.name, len(base), len(packed), s.model.max_length, 100 * packed.fill_ratio,
              collator.layout)
@@ -299,7 +316,8 @@ def _supervised(ctx: StageContext, model, processor, output: str,
     with training_attention(model, s.model.attn_implementation, s.engine.packing):
         train_set, collator, packing = training_data(ctx, model, chat, dataset)
         result = train_stage(
-            s, ctx.name, ctx.out_dir, model, train_set, collator, LMObjective(),
+            s, ctx.name, ctx.out_dir, model, train_set, collator,
+            LMObjective(s.engine.loss_chunk_tokens),
             config_digest=stage_digest(ctx), log_metrics=ctx.log_metrics,
             progress=ctx.progress)
     _save(ctx, result, processor)
@@ -350,28 +368,31 @@ def run_dpo(ctx: StageContext) -> StageOutput:
     skipped = record_skips(ctx, train_set, "dpo")
     record_skips(ctx, eval_set, "dpo_eval")
     _check_agreement(processor, model, train_set, folder)
-    collate = SampleCollator(processor.tokenizer.pad_token_id)
     counts = set_trainable(model, t.trainable)
-    batch = t.per_device_batch_size or t.global_batch_size
-    # the sft model before any DPO step is the reference: score the eval pairs now
-    eval_reference = precompute_reference(model, eval_set, collate, batch)
-    ref_logps = precompute_reference(model, train_set, collate, batch) \
-        if t.precompute_ref_log_probs else None
-    before = preference_scores(eval_reference, eval_reference, t.beta)
+    chunk = s.engine.loss_chunk_tokens
     with training_attention(model, s.model.attn_implementation, s.engine.packing):
-        if ref_logps is not None:
-            objective = DPOObjective(t.beta, t.rpo_alpha, ref_logps=ref_logps)
+        train_rows, train_collate, packing = training_data(ctx, model, chat, train_set)
+        if t.precompute_ref_log_probs:  # scored by `scorer` once the Trainer has prepared
+            objective = DPOObjective(t.beta, t.rpo_alpha, chunk_tokens=chunk, precomputed=True)
         else:  # the frozen copy scores the training batches: same attention as the policy
             half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
                 resolve_precision(s.engine, detect_runtime()))
-            objective = DPOObjective(t.beta, t.rpo_alpha,
-                                     reference=make_reference(model, half))
-        train_rows, train_collate, packing = training_data(ctx, model, chat, train_set)
+            objective = DPOObjective(t.beta, t.rpo_alpha, reference=make_reference(model, half),
+                                     chunk_tokens=chunk)
+        # the eval pairs before and after, scored like the training batches (same layout,
+        # attention and forward context) by the prepared model (`ReferenceScorer`)
+        eval_rows = PackedDataset(eval_set, s.model.max_length) if s.engine.packing \
+            else eval_set
+        scorer = ReferenceScorer(
+            objective if t.precompute_ref_log_probs else None,
+            train_rows if t.precompute_ref_log_probs else None, eval_rows, train_collate,
+            ctx.out_dir / "checkpoints" / REFERENCE_FILE, stage_digest(ctx), chunk)
         result = train_stage(s, "dpo", ctx.out_dir, model, train_rows, train_collate,
                              objective, config_digest=stage_digest(ctx),
-                             log_metrics=ctx.log_metrics, progress=ctx.progress)
-    after = preference_scores(precompute_reference(model, eval_set, collate, batch),
-                              eval_reference, t.beta)
+                             log_metrics=ctx.log_metrics, progress=ctx.progress,
+                             callbacks=[scorer])
+    before = preference_scores(scorer.eval_before, scorer.eval_before, t.beta)
+    after = preference_scores(scorer.eval_after, scorer.eval_before, t.beta)
     _save(ctx, result, processor)
     extra = {
         "margin_before": before["margin"], "margin_after": after["margin"],

@@ -9,6 +9,11 @@ manifest. `amalia-vl stage NAME --nproc N` and `retrain --nproc N` build this co
 (`components.train.distributed.launch_stage`); a Kubernetes PyTorchJob runs it directly.
 A known failure (`AmaliaError`) is written as one line to `$AMALIA_ERROR_DIR/rank-R.txt`
 for the launcher to show, and the process exits 1.
+
+Settings are loaded before the process group is formed, so the group is created with
+`train.ddp_timeout_s` (`distributed.init_process_group`); a rank that waits longer than
+that for the others fails with one line naming the setting
+(`distributed.collective_timeout_error`), not a gloo/NCCL traceback.
 """
 
 from __future__ import annotations
@@ -38,7 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from components.train.distributed import init_process_group, world
+    from components.train.distributed import (
+        collective_timeout_error,
+        init_process_group,
+        world,
+    )
 
     ws = world()
     from transformers.utils import logging as hf_logging
@@ -48,19 +57,27 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger().setLevel(logging.ERROR)
         hf_logging.set_verbosity_error()
     try:
-        init_process_group()
         from components.settings import load_settings
 
         settings = load_settings(args.profile, args.params)
-        if ws.is_main:
-            from components.pipeline import run_tracked_stage
+        timeout_s = settings.engine.ddp_timeout_s
+        try:
+            init_process_group(timeout_s)
+            if ws.is_main:
+                from components.pipeline import run_tracked_stage
 
-            run_tracked_stage(args.stage, settings, args.run_dir, args.parent_run_id,
-                              progress=not args.no_progress, restart=args.restart)
-        else:
-            from components.stages import run_stage
+                run_tracked_stage(args.stage, settings, args.run_dir, args.parent_run_id,
+                                  progress=not args.no_progress, restart=args.restart)
+            else:
+                from components.stages import run_stage
 
-            run_stage(args.stage, settings, args.run_dir, progress=False, restart=args.restart)
+                run_stage(args.stage, settings, args.run_dir, progress=False,
+                          restart=args.restart)
+        except RuntimeError as exc:
+            timed_out = collective_timeout_error(exc, timeout_s)
+            if timed_out is None:
+                raise
+            raise timed_out from exc
     except AmaliaError as exc:
         folder = os.environ.get("AMALIA_ERROR_DIR")
         if folder:  # our launcher prints it, once for all ranks
