@@ -9,6 +9,22 @@ flash-attn 2 (when it imports) + DeepSpeed ZeRO-2: tokens/s, MFU and peak GPU me
         --out $OUT/train_gpu.json --log $OUT/train_gpu.log
     # here (CPU, tiny model, a few steps): proves the script end to end, < 3 min
     .venv/bin/python bench/train_gpu.py --dry-run
+    # the paper's risks on one GPU (issue #18), and its CPU proof:
+    PYTHONUNBUFFERED=1 python3 bench/train_gpu.py --size paper --budget-s 480 \
+        --out $OUT/train_gpu_paper.json --log $OUT/train_gpu_paper.log
+    .venv/bin/python bench/train_gpu.py --size paper --dry-run \
+        --out bench/results/train_gpu_paper-cpu-dryrun.json
+
+`--size paper` runs what breaks at paper scale, on one GPU: DeepSpeed ZeRO-3, rows of
+16,384 tokens packed with flash-attn varlen, a 128k vocabulary (`model.text.vocab_size`
+reserves the rows) through the chunked loss, a SigLIP so400m-shaped tower on 3x3-grid
+images (10 tiles, 7,371 visual tokens each) under gradient checkpointing, a ~1B decoder;
+the global batches count samples (pairs) and become rows from the measured samples per
+row. Per stage it records tokens/s, MFU, `torch.cuda.max_memory_allocated` next to the
+planner's prediction (`amalia-vl plan --json --gpus 1 --run-dir RUN`: `planner`,
+`planner_over_measured`; target within 15%), and for dpo the first step's
+`rewards/margins|chosen|rejected` (`dpo_step0`: the precomputed reference is the step-0
+policy, so they must be 0 to 1e-3).
 
 What it does, for each size:
 
@@ -45,10 +61,10 @@ DDP (`--strategy-fallback ddp`, recorded); a flash-attn failure in a stage retri
 with sdpa (`attn_fallback` recorded); every stage runs in its own process group under a
 timeout (killed, never hangs); `--budget-s` skips stages that would start too late.
 
-MFU is the engine's (components.train.engine): 6 x all parameters + the attention term at
-`model.max_length`, per counted token (attention-mask tokens, image tokens included),
-over the bf16 dense peak of the GPU. For dpo it counts the policy only (the frozen
-reference's forward is extra work it does not count) and the frozen tower as if trained.
+MFU is the engine's (components.train.engine -> components.plan.flops): what is computed
+per counted token (forward of every part, backward only where gradients flow, the
+tower's tiles from the length index, attention per sample length; checkpointing's
+recompute not counted), over the bf16 dense peak of the GPU looked up by exact name.
 """
 
 from __future__ import annotations
@@ -112,8 +128,33 @@ SIZES: dict[str, dict[str, Any]] = {
         "max_length": 2048,
     },
 }
+# the paper's risks on one GPU (--size paper): a SigLIP so400m-patch14-384-shaped tower at
+# 10 tiles per image (3x3 grid + base: 7,371 visual tokens), a ~1B Llama decoder with a
+# 128k vocabulary (`model.text.vocab_size` reserves the rows), 16k packed rows under
+# ZeRO-3 with gradient checkpointing and the chunked loss
+SIZES["paper"] = {
+    "tokenizer_vocab_size": 400,
+    "vision": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+               "num_attention_heads": 16, "image_size": 384, "patch_size": 14},
+    "text": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 16,
+             "num_attention_heads": 16, "num_key_value_heads": 8,
+             "max_position_embeddings": 16384, "vocab_size": 128256},
+    "max_length": 16384,
+}
+SIZES["paper-tiny"] = {  # the CPU dry run of --size paper: same switches, small shapes
+    "tokenizer_vocab_size": 400,
+    "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+               "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+    "text": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2,
+             "max_position_embeddings": 1024, "vocab_size": 32000},
+    "max_length": 1024,
+}
+PAPER_SIZES = ("paper", "paper-tiny")
 # image shapes in tiles (width, height): anyres 1x2 / 2x1 grids (3 tiles) and 1x1 (2 tiles)
 SHAPES_IN_TILES = ((2, 1), (1, 2), (2, 1), (1, 1))
+# --size paper: every image a 3x3 grid (10 tiles with the base tile, the paper's budget)
+PAPER_SHAPES_IN_TILES = ((3, 3),)
 COLOURS = {"vermelho": (220, 30, 30), "azul": (30, 60, 220), "verde": (30, 170, 60),
            "amarelo": (230, 200, 20)}
 QUESTION = "De que cor é a forma no centro da imagem?"
@@ -130,8 +171,9 @@ def tail(text: str, n: int = TAIL_CHARS) -> str:
 # ----------------------------------------------------------------------------- data
 
 
-def make_images(data: Path, tile: int, distinct: int, seed: int) -> list[str]:
-    """`distinct` JPEGs (a disc on a noisy gradient) cycling through `SHAPES_IN_TILES`."""
+def make_images(data: Path, tile: int, distinct: int, seed: int,
+                shapes: tuple[tuple[int, int], ...] = SHAPES_IN_TILES) -> list[str]:
+    """`distinct` JPEGs (a disc on a noisy gradient) cycling through `shapes` (in tiles)."""
     import numpy as np
     from PIL import Image, ImageDraw
 
@@ -139,7 +181,7 @@ def make_images(data: Path, tile: int, distinct: int, seed: int) -> list[str]:
     (data / "img").mkdir(parents=True, exist_ok=True)
     names = []
     for i in range(distinct):
-        tw, th = SHAPES_IN_TILES[i % len(SHAPES_IN_TILES)]
+        tw, th = shapes[i % len(shapes)]
         w, h = tw * tile, th * tile
         base = np.linspace(40, 215, w, dtype=np.float32)[None, :, None].repeat(h, 0)
         pixels = base.repeat(3, 2) + rng.normal(0, 18, (h, w, 3))
@@ -164,15 +206,16 @@ def _shard(folder: Path, records: list, data: Path) -> None:
     writer.close()
 
 
-def build_mix(root: Path, tile: int, counts: dict[str, int], seed: int = 0) -> tuple[Path, Path]:
+def build_mix(root: Path, tile: int, counts: dict[str, int], seed: int = 0,
+              shapes: tuple[tuple[int, int], ...] = SHAPES_IN_TILES) -> tuple[Path, Path]:
     """`(data_dir, run_dir)`: images and a finished `mix/` (as tests.train_helpers.make_mix,
-    with `counts[output]` records per output and tile-sized images)."""
+    with `counts[output]` records per output and images of `shapes` tiles)."""
     from components.manifest import write_manifest
     from components.records import Record, write_records
 
     rng = random.Random(seed)
     data = root / "data"
-    images = make_images(data, tile, distinct=16, seed=seed)
+    images = make_images(data, tile, distinct=16, seed=seed, shapes=shapes)
     names = list(COLOURS)
 
     def base(i: int) -> dict[str, Any]:
@@ -227,21 +270,47 @@ def settings_overrides(data: Path, size: str, args, strategy: str) -> dict[str, 
         model["max_length"] = args.max_length
         model["text"]["max_position_embeddings"] = max(args.max_length,
                                                        model["text"]["max_position_embeddings"])
+    paper = size in PAPER_SIZES
+    packing = args.packing or paper
+    if paper:  # every grid up to 9 tiles (the paper profile's), 10 tiles with the base
+        model["image_grid_pinpoints"] = [[a * tile, b * tile] for a in range(1, 10)
+                                         for b in range(1, 10) if a * b <= 9]
     batch = {"sft": args.batch, "dpo": args.dpo_batch, "align": args.batch}
-    stage = {name: {"epochs": 1, "global_batch_size": b, "per_device_batch_size": b}
+    # packed micro-batches are bounded by tokens (per-device batch null); global batches
+    # count samples (pairs) and become rows through the measured samples per row
+    stage = {name: {"epochs": 1, "global_batch_size": b,
+                    "per_device_batch_size": None if packing else b}
              for name, b in batch.items()}
     stage["sft"]["trainable"] = ["connector", "language_model", "vision_tower"]
     stage["dpo"]["trainable"] = ["connector", "language_model"]
-    return {
-        "data_dir": str(data),
-        "model": model,
-        "train": {"precision": args.precision, "strategy": strategy,
-                  "gradient_checkpointing": args.gradient_checkpointing,
-                  "save_steps": 1_000_000, "keep_checkpoints": False, "logging_steps": 1,
-                  "dataloader_workers": args.workers, "max_skip_ratio": 0.05,
-                  "packing": args.packing},
-        **stage,
-    }
+    if paper:
+        stage["dpo"]["precompute_ref_log_probs"] = True  # step-0 margins must be 0
+    train = {"precision": args.precision, "strategy": strategy,
+             "gradient_checkpointing": args.gradient_checkpointing or paper,
+             "save_steps": 1_000_000, "keep_checkpoints": False, "logging_steps": 1,
+             "dataloader_workers": args.workers, "max_skip_ratio": 0.05,
+             "packing": packing}
+    if paper:
+        # few samples per step on one GPU: whole rows quantise the batch more than 25%
+        train.update({"max_tiles": 10, "loss_chunk_tokens": 4096,
+                      "packed_batch_tolerance": None})
+    return {"data_dir": str(data), "model": model, "train": train, **stage}
+
+
+def planner_prediction(params: Path, run: Path, stage: str, env: dict[str, str],
+                       log_fh) -> dict[str, Any]:
+    """`amalia-vl plan --json --gpus 1 --run-dir RUN` for this bench's params (the run's
+    length index gives tokens and tiles per sample): the stage's predicted peak GiB and
+    parts, next to the measured `torch.cuda.max_memory_allocated`."""
+    cmd = [sys.executable, "-m", "amalia_vl.cli", "plan", "--json", "--gpus", "1",
+           "--run-dir", str(run)]
+    proc = run_process(cmd, {**env, "AMALIA_PARAMS": str(params)}, 120, log_fh)
+    text = proc["output"]
+    try:
+        plan = json.loads(text[text.index("{"): text.rindex("}") + 1])
+        return {"gpu": plan.get("gpu"), **plan["stages"][stage]}
+    except (ValueError, KeyError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}", "output_tail": tail(text, 800)}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -421,6 +490,7 @@ def summarise_stage(run: Path, stage: str, skip: int) -> dict[str, Any]:
     out["steady"] = steady(m.get("step_metrics") or [], skip)
     out["step_seconds"] = [round(e.get("step_seconds", 0.0), 4)
                            for e in m.get("step_metrics") or []]
+    out["first_step"] = (m.get("step_metrics") or [{}])[0]
     out["attention"] = ("flash_attention_2" if "flash_attention_2" in str(m.get("runtime"))
                         else "sdpa" if "sdpa" in str(m.get("runtime")) else None)
     return out
@@ -537,9 +607,9 @@ def worker(args) -> int:
         from components.stages import run_stage
         from components.train.distributed import init_process_group
 
-        init_process_group()
-        record["runtime"] = detect_runtime().describe()
         settings = load_settings(None, args.params)
+        init_process_group(settings.engine.ddp_timeout_s)
+        record["runtime"] = detect_runtime().describe()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         output, _ = run_stage(args.worker, settings, Path(args.run_dir), progress=False,
@@ -580,8 +650,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="bench/train_gpu.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=["0.5b", "1b", "both"], default="0.5b",
-                    help="model size (both: 0.5b then 1b, as the budget allows)")
+    ap.add_argument("--size", choices=["0.5b", "1b", "both", "paper"], default="0.5b",
+                    help="model size (both: 0.5b then 1b, as the budget allows); paper: the "
+                    "paper's risks on one GPU (so400m-shaped tower at 10 tiles, ~1B decoder, "
+                    "128k vocabulary, 16k packed rows, ZeRO-3, checkpointing, chunked loss, "
+                    "DPO step-0 margins, the planner's prediction beside the peak)")
     ap.add_argument("--dry-run", action="store_true",
                     help=f"CPU proof: tiny model, a few steps, writes {DRY_OUT.name}")
     ap.add_argument("--out", type=Path, default=None,
@@ -635,6 +708,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--worker-out", help=argparse.SUPPRESS)
     ap.add_argument("--preflight", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.batch_given = args.batch
     dry = args.dry_run
     for name, gpu, cpu in (("steps", 30, 6), ("align_steps", 4, 2), ("batch", 16, 4),
                            ("dpo_batch", 8, 2), ("workers", 8, 1), ("budget_s", 420, 170),
@@ -706,8 +780,15 @@ def main(argv: list[str] | None = None) -> int:
     log_path = args.log or work / "train_gpu.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = child_env(work)
-    sizes = ["tiny"] if args.dry_run else (["0.5b", "1b"] if args.size == "both"
-                                           else [args.size])
+    if args.size == "paper":
+        sizes = ["paper-tiny"] if args.dry_run else ["paper"]
+        if not args.dry_run and args.strategy == "zero2":  # the default: paper runs ZeRO-3
+            args.strategy = "zero3"
+        if args.batch_given is None:
+            args.batch, args.dpo_batch = 4, 2  # ~2 samples (~1 pair) per 16k row
+    else:
+        sizes = ["tiny"] if args.dry_run else (["0.5b", "1b"] if args.size == "both"
+                                               else [args.size])
     record: dict[str, Any] = {
         "benchmark": "train_gpu", "date": now_iso(), "status": "running",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -726,9 +807,9 @@ def main(argv: list[str] | None = None) -> int:
             "steady.* = steps after the first setup.warmup_steps; tokens_per_s_total = sum of "
             "tokens / sum of step seconds; tokens are attention-mask tokens (image tokens "
             "included; dpo counts chosen and rejected rows)",
-            "mfu is the engine's: (6 x all parameters + 12 x layers x hidden x max_length) per "
-            "token over the bf16 dense peak; dpo: the frozen reference's forward is not "
-            "counted and the frozen tower is counted as trained",
+            "mfu is the engine's (components.plan.flops): forward of every part, backward "
+            "only where gradients flow, tower tiles per token from the length index, "
+            "attention per sample; over the bf16 dense peak looked up by exact GPU name",
             "random weights; the BPE tokenizer is trained on the synthetic texts, so the "
             "vocabulary is a few hundred tokens (sizes.*.tokenizer_vocab): embeddings and "
             "LM head are a negligible share of sizes.*.params",
@@ -803,7 +884,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             try:
                 started = time.perf_counter()
-                data, run = build_mix(root, tile, counts)
+                data, run = build_mix(root, tile, counts, shapes=PAPER_SHAPES_IN_TILES
+                                      if size in PAPER_SIZES else SHAPES_IN_TILES)
                 params = write_params(root / "params.yaml",
                                       settings_overrides(data, size, args, strategy))
                 sr["data"] = {"records": counts, "image_shapes_px": [
@@ -897,6 +979,16 @@ def main(argv: list[str] | None = None) -> int:
                     m["steady"]["mean_tokens_per_row"] = round(per_step / rows, 1)
                 if isinstance(m.get("seconds"), int | float):
                     st["outside_train_loop_s"] = round(st["wall_s"] - m["seconds"], 1)
+                if size in PAPER_SIZES and ok:
+                    pred = planner_prediction(params, run, stage, env, log_fh)
+                    st["planner"] = pred
+                    measured = st.get("peak_allocated_gib")
+                    if isinstance(pred.get("peak_gib"), int | float) and measured:
+                        st["planner_over_measured"] = round(pred["peak_gib"] / measured, 3)
+                    if stage == "dpo":  # the reference is the step-0 policy: margins 0
+                        first = m.get("first_step") or {}
+                        st["dpo_step0"] = {k: first.get(k) for k in (
+                            "rewards/margins", "rewards/chosen", "rewards/rejected")}
                 if stage == "align":
                     sr["params"] = safetensors_params(run / "align" / "init")
                     sr["tokenizer_vocab"] = tokenizer_vocab(run / "align" / "init")

@@ -172,9 +172,11 @@ class TextModelSettings(_Section):
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
     # pretrained: the LM's vocabulary before `<image>` is added (the planner's logits and
-    # embeddings; load_pretrained_parts checks it). build_tiny: tokenizer_vocab_size rules.
-    vocab_size: int | None = Field(None, ge=1, description="pretrained LM vocabulary size "
-                                   "(null for build_tiny: model.tokenizer_vocab_size)")
+    # embeddings; load_pretrained_parts checks it). build_tiny: reserved embedding rows.
+    vocab_size: int | None = Field(None, ge=1, description="pretrained: the LM's vocabulary "
+                                   "size (checked at load); build_tiny: embedding rows to "
+                                   "reserve beyond the tokenizer's (a pretrained-sized "
+                                   "vocabulary for benchmarks); null = the tokenizer's")
     tie_word_embeddings: bool = Field(False, description="lm_head shares the embedding")
 
 
@@ -297,6 +299,10 @@ class EngineSettings(_Section):
                           "each attending only to itself (components/train/packing.py); "
                           "global_batch_size still counts samples (pairs); the plan turns "
                           "it into rows (components/train/batching.py)")
+    packed_batch_tolerance: float | None = Field(
+        0.25, ge=0, description="packing: refuse a plan whose samples (pairs) per step miss "
+        "the stage's global_batch_size by more than this share (whole packed rows per GPU "
+        "quantise the batch); null = never refuse")
     micro_batch_tokens: int | None = Field(
         None, ge=1, description="packing only: tokens per micro-batch per device (whole packed "
         "rows of model.max_length: rows = max(1, this // max_length)); null = one packed row")

@@ -45,8 +45,33 @@ def test_packed_micro_batch_is_bounded_by_tokens():
 
 
 def test_packed_plan_never_has_less_than_one_row_per_process():
-    plan = resolve_batch(TrainSettings(global_batch_size=8), 4, "dpo", PackingShape(6.0, 512, 512))
+    plan = resolve_batch(TrainSettings(global_batch_size=8), 4, "dpo",
+                         PackingShape(6.0, 512, 512, tolerance=None))
     assert plan.global_batch_size == 4 and plan.gradient_accumulation_steps == 1
+
+
+def test_a_packed_plan_far_from_the_recipe_is_refused_with_world_sizes_that_keep_it():
+    """The paper's sft: 128 samples per step, ~4.9 per 16k row. One row per GPU on 128 GPUs
+    is ~620 samples per step (5x the recipe at its learning rate): refused in one line
+    naming the batch, the tolerance and the world sizes that keep the recipe."""
+    shape = PackingShape(4.87, 16384, 16384, tolerance=0.25)
+    with pytest.raises(ConfigError) as err:
+        resolve_batch(TrainSettings(global_batch_size=128), 128, "sft", shape)
+    text = str(err.value)
+    assert "\n" not in text
+    assert "sft.global_batch_size=128" in text and "train.packed_batch_tolerance=0.25" in text
+    assert "~623 samples" in text and "+387%" in text
+    assert "run sft on 26 processes (~127 samples per step)" in text  # 26 rows x 4.87
+    assert "or on 24 (~117)" in text  # the closest whole 8-GPU nodes
+    # within the tolerance the same recipe plans: 24 rows hold ~117 samples (-9%)
+    plan = resolve_batch(TrainSettings(global_batch_size=128), 24, "sft", shape)
+    assert plan.global_batch_size == 24 and plan.samples_per_step == pytest.approx(24 * 4.87)
+    # and just past it (a 26% miss) is refused: the bound is the tolerance, not a constant
+    with pytest.raises(ConfigError):
+        resolve_batch(TrainSettings(global_batch_size=100), 1, "sft",
+                      PackingShape(126.0, 16384, 16384, tolerance=0.25))
+    assert resolve_batch(TrainSettings(global_batch_size=100), 1, "sft",
+                         PackingShape(126.0, 16384, 16384, tolerance=0.3)).global_batch_size == 1
 
 
 def test_a_per_device_batch_under_packing_names_the_setting():

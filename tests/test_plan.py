@@ -209,6 +209,30 @@ def test_flops_match_flop_counter_mode(trainable):
     assert predicted == pytest.approx(measured, rel=0.05), (predicted, measured)
 
 
+def test_engine_mfu_counts_the_tower_from_the_datasets_tiles():
+    """The engine's FLOPs per token take the tiles per token of the training data (the
+    length index's `tiles` over its tokens), so MFU counts the vision tower's work."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from components.train.engine import flops_per_token, tiles_per_token
+
+    model, _, batch = _tiny_model_and_batch()
+    base = SimpleNamespace(tiles=np.array([5, 1, 0]), lengths=np.array([60, 30, 10]))
+    packed = SimpleNamespace(base=base, lengths=np.array([50, 30, 20]))
+    assert tiles_per_token(base) == pytest.approx(6 / 100)
+    assert tiles_per_token(packed) == pytest.approx(6 / 100)
+    assert tiles_per_token(SimpleNamespace(lengths=np.array([3]))) == 0.0
+    tokens = batch["input_ids"].shape[1]
+    tiles = batch["pixel_values"].shape[1]
+    with_tower = flops_per_token(model, tokens, tiles / tokens)
+    expected = sample_flops(ModelShapes.from_model(model), tokens, tiles,
+                            ["connector", "language_model", "vision_tower"]).model / tokens
+    assert with_tower == pytest.approx(expected)
+    assert with_tower > flops_per_token(model, tokens, 0.0)
+
+
 def test_frozen_parts_still_cost_forward_and_pass_through_backward():
     shapes = ModelShapes(VisionShape(64, 128, 2, 2, 32, 8),
                          TextShape(128, 256, 2, 4, 2, 640, 512))

@@ -135,7 +135,9 @@ def build_tiny_model(
     )
     check_max_length(settings, t.max_position_embeddings, "model.text.max_position_embeddings")
     text_config = LlamaConfig(
-        vocab_size=padded_vocab(len(tokenizer)),  # rows past the tokenizer: never a label
+        # rows past the tokenizer (padding to 64; `model.text.vocab_size` reserves a
+        # pretrained-sized vocabulary, e.g. 128k for the GPU bench): never a label
+        vocab_size=padded_vocab(max(len(tokenizer), t.vocab_size or 0)),
         hidden_size=t.hidden_size,
         intermediate_size=t.intermediate_size,
         num_hidden_layers=t.num_hidden_layers,

@@ -40,7 +40,8 @@ def schedule(settings: Any, stage: str, world: int, samples: int, tokens_per_sam
     if e.packing:
         spr = samples_per_row or max(1.0, settings.plan.pack_fill * row / tokens_per_sample)
         mbt = getattr(e, "micro_batch_tokens", None) or row
-        plan = resolve_batch(train, world, stage, PackingShape(spr, row, mbt))
+        plan = resolve_batch(train, world, stage,
+                             PackingShape(spr, row, mbt, e.packed_batch_tolerance))
         samples_step = float(plan.samples_per_step or plan.global_batch_size * spr)
         rows = float(plan.global_batch_size)
     else:

@@ -142,7 +142,7 @@ class ModelShapes:
         m = settings.model
         v, t = m.vision, m.text
         if m.init == "build_tiny":
-            vocab = m.tokenizer_vocab_size
+            vocab = max(m.tokenizer_vocab_size, m.text.vocab_size or 0)
         else:
             vocab = (t.vocab_size or m.tokenizer_vocab_size) + ADDED_TOKENS
         vision = VisionShape(v.hidden_size, v.intermediate_size, v.num_hidden_layers,

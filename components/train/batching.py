@@ -15,21 +15,21 @@ Trainer runs, a `BatchPlan` (recorded in the stage manifest):
   (rows per micro-batch x world size))). The plan then counts rows (`unit="rows"`,
   `global_batch_size` = rows per optimizer step) and `samples_per_step` = rows x samples
   per row, the recipe's batch as nearly as whole rows allow. A set
-  `per_device_batch_size` under packing is a `ConfigError` (set it to null).
+  `per_device_batch_size` under packing is a `ConfigError` (set it to null). So is a plan
+  whose samples per step miss the recipe's by more than `PackingShape.tolerance`
+  (`train.packed_batch_tolerance`): e.g. the paper's sft batch of 128 samples on 128 GPUs,
+  where one 16k row per GPU already holds ~620 samples per step (~5x the recipe, at the
+  recipe's learning rate and warm-up). The error names the world sizes that would keep
+  the recipe and the settings that would change it instead.
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from components.errors import ConfigError
 from components.settings import TrainSettings
-
-log = logging.getLogger(__name__)
-# a packed plan whose samples per step differ more than this from the recipe is logged
-DRIFT_WARNING = 0.25
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class PackingShape:
     samples_per_row: float
     row_tokens: int
     micro_batch_tokens: int
+    tolerance: float | None = 0.25  # refuse a plan this far from the recipe (None: never)
 
 
 def resolve_batch(train: TrainSettings, world_size: int, stage: str,
@@ -105,11 +106,49 @@ def _packed(train: TrainSettings, world_size: int, stage: str,
     accumulation = max(1, round(rows_wanted / (per * world_size)))
     rows = per * world_size * accumulation
     samples = rows * shape.samples_per_row
-    if abs(samples / train.global_batch_size - 1) > DRIFT_WARNING:
-        log.warning("%s: %d packed rows per step (%d per micro-batch x %d processes x %d "
-                    "accumulation) hold ~%.0f samples, not %s.global_batch_size=%d: "
-                    "whole rows on this world size cannot come closer", stage, rows, per,
-                    world_size, accumulation, samples, stage, train.global_batch_size)
+    drift = samples / train.global_batch_size - 1
+    if shape.tolerance is not None and abs(drift) > shape.tolerance:
+        raise ConfigError(
+            f"{stage}: {rows} packed rows per step ({per} per micro-batch x {world_size} "
+            f"processes x {accumulation} accumulation) hold ~{samples:.0f} samples "
+            f"({shape.samples_per_row:.2f} per {shape.row_tokens}-token row), not "
+            f"{stage}.global_batch_size={train.global_batch_size}: {drift:+.0%}, beyond "
+            f"train.packed_batch_tolerance={shape.tolerance}",
+            _batch_fix(train, world_size, stage, shape))
     return BatchPlan(world_size, per, accumulation, rows, unit="rows",
                      samples_per_step=round(samples, 3),
                      micro_batch_tokens=per * shape.row_tokens)
+
+
+def _within(train: TrainSettings, world: int, shape: PackingShape) -> float | None:
+    """Samples per step of a packed plan on `world` processes, when within tolerance."""
+    per = max(1, shape.micro_batch_tokens // shape.row_tokens)
+    rows_wanted = train.global_batch_size / shape.samples_per_row
+    rows = per * world * max(1, round(rows_wanted / (per * world)))
+    samples = rows * shape.samples_per_row
+    tolerance = shape.tolerance if shape.tolerance is not None else float("inf")
+    return samples if abs(samples / train.global_batch_size - 1) <= tolerance else None
+
+
+def _batch_fix(train: TrainSettings, world_size: int, stage: str, shape: PackingShape) -> str:
+    """How to bring a packed plan back to the recipe: the world sizes (up to this one) that
+    come closest to it, the closest whole node of 8 GPUs among them, else the settings that
+    change the recipe instead."""
+    fits = {w: _within(train, w, shape) for w in range(1, world_size + 1)}
+    fits = {w: n for w, n in fits.items() if n is not None}
+    options = []
+    if fits:
+        def drift(w: int) -> tuple[float, int]:
+            return abs(fits[w] / train.global_batch_size - 1), -w
+
+        best = min(fits, key=drift)
+        options.append(f"run {stage} on {best} processes (~{fits[best]:.0f} samples per step)")
+        nodes = [w for w in fits if w % 8 == 0 and w != best]
+        if nodes:
+            w = min(nodes, key=drift)
+            options.append(f"or on {w} (~{fits[w]:.0f})")
+    rows = max(1, shape.micro_batch_tokens // shape.row_tokens) * world_size
+    options.append(f"or set {stage}.global_batch_size to ~{rows * shape.samples_per_row:.0f} "
+                   "(a recipe change: scale the learning rate with it)")
+    options.append("or raise train.packed_batch_tolerance")
+    return "; ".join(options)

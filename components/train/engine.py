@@ -500,6 +500,18 @@ def _mean_length(dataset, settings: Settings) -> int:
     return settings.model.max_length
 
 
+def tiles_per_token(dataset) -> float:
+    """Anyres tiles through the vision tower per LM token of `dataset` (a `ShardDataset`,
+    or a `PackedDataset` over one) from its length index, so MFU counts the tower's
+    FLOPs too; 0 when the dataset carries no tile counts."""
+    base = getattr(dataset, "base", dataset)
+    tiles = getattr(base, "tiles", None)
+    lengths = getattr(dataset, "lengths", None)
+    if tiles is None or lengths is None or not len(lengths) or not lengths.sum():
+        return 0.0
+    return float(tiles.sum()) / float(lengths.sum())
+
+
 def peak_flops(runtime: Runtime) -> float | None:
     """Dense bf16 peak FLOP/s of this GPU, looked up by its exact name (None on a CPU or
     for a GPU not in `components.plan.gpus`, which logs why MFU is not reported)."""
@@ -661,7 +673,8 @@ def train_stage(
     trainer = AmaliaTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=collator,
         objective=objective, train_settings=t,
-        flops_per_token=flops_per_token(model, _mean_length(dataset, settings))
+        flops_per_token=flops_per_token(model, _mean_length(dataset, settings),
+                                        tiles_per_token(dataset))
         if rt.device == "cuda" else None,
         peak_flops=peak_flops(rt),
     )
