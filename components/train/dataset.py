@@ -25,7 +25,9 @@ shuffled, re-drawn per epoch (`set_epoch`), laid out so that every (rank, DataLo
 worker) reads whole row groups of its own (one read per group per epoch, not one per
 interleaved batch). The order depends only on (seed, epoch, world size, workers, batch
 size), so a resumed run skips exactly the batches it had seen; Accelerate shards the
-batches of this one order across ranks.
+batches of this one order across ranks. Its balance leaves samples out / repeats some
+(`BlockShuffleSampler.remainder`, recorded by the stage); packed rows avoid that with a
+layout fixed for the launch (`packing.equalise_streams`) read by `StreamSampler`.
 """
 
 from __future__ import annotations
@@ -237,14 +239,16 @@ class BlockShuffleSampler(Sampler[int]):
     of its own last group, still in its reader's cache (no extra read). Both are zero
     when the groups balance (one stream, or groups of equal size in a multiple of S) and
     at most about one row group per stream otherwise (bench/row_group_reads.py measures
-    both shares). Rejected alternatives: splitting a group between streams (it is read
-    twice), or padding every stream to the longest (costs GPU time). With fewer groups
-    than streams, each group is cut into ceil(S / groups) pieces first (so one group is
-    read by up to that many readers). With one stream (1 process, 0 or 1 worker) the
-    order is the plain block shuffle: groups in a random order, rows shuffled inside
-    each, every sample exactly once. After a resume mid-epoch the DataLoader restarts its
-    round-robin at worker 0, so until the epoch ends workers may read each other's groups
-    (same batches, in the same order; more reads)."""
+    both shares; `remainder` counts them; packed rows are equalised by splitting rows
+    instead: `packing.equalise_streams`, `StreamSampler`). Rejected alternatives:
+    splitting a group between streams (it is read twice), or padding every stream to
+    the longest (costs GPU time). With fewer groups than streams, each group is cut into
+    ceil(S / groups) pieces first (so one group is read by up to that many readers).
+    With one stream (1 process, 0 or 1 worker) the order is the plain block shuffle:
+    groups in a random order, rows shuffled inside each, every sample exactly once.
+    After a resume mid-epoch the DataLoader restarts its round-robin at worker 0, so
+    until the epoch ends workers may read each other's groups (same batches, in the
+    same order; more reads)."""
 
     def __init__(self, groups: list[np.ndarray], seed: int, *, world_size: int = 1,
                  batch_size: int = 1, workers: int = 0, accumulation: int = 1):
@@ -296,23 +300,100 @@ class BlockShuffleSampler(Sampler[int]):
                 yield from batches[m].tolist()
 
     def _assign(self, sizes: list[int]) -> list[list[int]]:
-        """Unit indices (in the epoch's random order) per stream: LPT, the largest first
-        (ties: the random order) onto the least-loaded stream (ties: the lowest); each
-        stream's units then in the random order."""
-        import heapq
-
-        heap = [(0, s) for s in range(self.streams)]
-        owned: list[list[int]] = [[] for _ in range(self.streams)]
-        for k in sorted(range(len(sizes)), key=lambda k: (-sizes[k], k)):
-            load, s = heapq.heappop(heap)
-            owned[s].append(k)
-            heapq.heappush(heap, (load + sizes[k], s))
-        return [sorted(g) for g in owned]
+        return lpt_assign(sizes, self.streams)
 
     def _batches_per_stream(self, total: int) -> int:
         batches = max(1, -(-total // (self.streams * self.batch_size)))
         step = self.accumulation // math.gcd(self.accumulation, self.workers)
         return -(-batches // step) * step
+
+    def remainder(self, epoch: int | None = None) -> tuple[int, int]:
+        """(left out, repeated) items of epoch `epoch` (default: the current one) by the
+        balance above, counted without drawing the order: (0, 0) with one stream."""
+        if self.streams == 1 or not self.groups:
+            return 0, 0
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else epoch])
+        order = rng.permutation(len(self.groups))
+        sizes = [len(self.groups[k]) for k in order]
+        pieces = -(-self.streams // len(sizes))
+        units = [len(p) for n in sizes for p in np.array_split(np.arange(n), pieces) if len(p)]
+        need = self._batches_per_stream(sum(units)) * self.batch_size
+        loads = np.asarray([sum(units[k] for k in mine)
+                            for mine in self._assign(units)])
+        # a stream with no unit of its own repeats a borrowed one for all its items
+        return int(np.clip(loads - need, 0, None).sum()), int(np.clip(need - loads, 0, None).sum())
+
+
+def stream_step(batch_size: int, workers: int, accumulation: int) -> int:
+    """Items a stream's length must be a multiple of: whole batches, and (its rank holding
+    `workers` streams) whole `accumulation` steps per rank."""
+    workers = max(1, workers)
+    return max(1, batch_size) * (max(1, accumulation) // math.gcd(max(1, accumulation),
+                                                                  workers))
+
+
+def lpt_assign(sizes: list[int], streams: int) -> list[list[int]]:
+    """Unit indices per stream: LPT, the largest first (ties: the lower index, i.e. the
+    caller's random order) onto the least-loaded stream (ties: the lowest); each stream's
+    units then in index order."""
+    import heapq
+
+    heap = [(0, s) for s in range(streams)]
+    owned: list[list[int]] = [[] for _ in range(streams)]
+    for k in sorted(range(len(sizes)), key=lambda k: (-sizes[k], k)):
+        load, s = heapq.heappop(heap)
+        owned[s].append(k)
+        heapq.heappush(heap, (load + sizes[k], s))
+    return [sorted(g) for g in owned]
+
+
+class StreamSampler(Sampler[int]):
+    """The seeded epoch order over a layout fixed for the launch (`streams[s]`: stream s's
+    units, arrays of item indices, one per row group; `packing.equalise_streams` builds
+    it): each stream yields `per_stream` items, its units in a random order and each
+    unit's items shuffled, re-drawn per epoch (`set_epoch`); batch m x S + s of the order
+    is stream s's m-th, so stream s = rank s % W, worker s // W reads only its own units
+    (see `BlockShuffleSampler` for the dealing). The order depends only on (seed, epoch,
+    layout). A stream holding exactly `per_stream` items (the equalised case) yields each
+    once: nothing left out or repeated. Otherwise (the layout's recorded fallback) a
+    longer one leaves its tail (this epoch's order) out, a shorter one repeats items of
+    its own last unit (cached: no read), one with no unit those of unit s % units."""
+
+    def __init__(self, streams: list[list[np.ndarray]], per_stream: int, seed: int, *,
+                 batch_size: int = 1):
+        self.streams = streams
+        self.per_stream = int(per_stream)
+        self.seed = seed
+        self.epoch = 0
+        self.batch_size = max(1, int(batch_size))
+        if self.per_stream % self.batch_size:
+            raise ValueError(f"{self.per_stream} items per stream are not whole batches "
+                             f"of {self.batch_size}")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.streams) * self.per_stream
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        every = [u for units in self.streams for u in units if len(u)]
+        if not every:
+            return
+        need, per = self.per_stream, self.batch_size
+        laid = []
+        for s, units in enumerate(self.streams):
+            shuffled = [rng.permutation(units[k]) for k in rng.permutation(len(units))]
+            shuffled = [u for u in shuffled if len(u)]
+            items = np.concatenate(shuffled) if shuffled else np.zeros(0, dtype=np.int64)
+            if len(items) < need:
+                fill = shuffled[-1] if shuffled else every[s % len(every)]
+                items = np.concatenate([items, np.resize(fill, need - len(items))])
+            laid.append(items[:need].reshape(-1, per))
+        for m in range(need // per):
+            for batches in laid:
+                yield from batches[m].tolist()
 
 
 # ----------------------------------------------------------------------------- collation

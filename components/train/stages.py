@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,11 @@ MAX_DATA_SIZES_CHECKED = 64
 TRAIN_OUTPUTS = ("align", "sft", "dpo")
 # step metrics summarised into the stage's metrics (mean over the run)
 PACKING_KEYS = ("packing", "attn_implementation", "packed_rows", "packing_layout",
-                "samples_per_row", "row_fill_ratio", "planned_tokens_per_step")
+                "samples_per_row", "row_fill_ratio", "planned_tokens_per_step",
+                # what training_data's balance of the (rank, worker) streams cost
+                "rows_before_split", "row_fill_ratio_before_split", "streams",
+                "rows_per_stream", "rows_left_out", "rows_repeated", "samples_left_out",
+                "samples_repeated")
 SUMMARISED = ("tokens_per_s", "images_per_s", "padding_ratio", "grad_norm", "mfu",
               "samples_per_step", "rows_per_step", "tokens_per_step")
 
@@ -276,30 +281,67 @@ def training_data(ctx: StageContext, model, chat: ChatFormat, base: ShardDataset
     """(dataset, collator, packing record) the Trainer runs on: `base` in padded batches,
     or with `train.packing` its packed rows in the layout of the model's attention (call
     inside `training_attention`, which chose it), carrying as `plan` the `BatchPlan` in
-    rows resolved from their measured samples per row (`train_stage` trains on it)."""
+    rows resolved from their measured samples per row (`train_stage` trains on it).
+    Packed rows are dealt to the launch's (rank, DataLoader worker) streams once and the
+    short streams' rows split until every stream holds as many (`equalise_streams`): every
+    sample once per epoch; what the data is too small for is recorded (`rows_left_out`,
+    `rows_repeated`, with a warning). Padded batches record the samples the sampler's
+    balance leaves out / repeats per epoch (`samples_left_out`, `samples_repeated`)."""
     s = ctx.settings
     attention = text_attention(model)
     pad = chat.tokenizer.pad_token_id
+    workers = s.engine.dataloader_workers
     record: dict[str, Any] = {"packing": s.engine.packing, "attn_implementation": attention}
     if not s.engine.packing:
+        plan = resolve_batch(s.stage_train(ctx.name), world().world_size, ctx.name)
+        left_out, repeated = base.sampler(
+            s.seed, world_size=plan.world_size, batch_size=plan.per_device_batch_size,
+            workers=workers, accumulation=plan.gradient_accumulation_steps).remainder(0)
+        record.update({"samples_left_out": left_out, "samples_repeated": repeated})
+        if left_out or repeated:
+            log.warning("%s: balancing %d ranks x %d DataLoader workers over whole row "
+                        "groups leaves %d samples out of and repeats %d in each epoch (of %d)",
+                        ctx.name, plan.world_size, max(1, workers), left_out, repeated,
+                        len(base))
         return base, SampleCollator(pad), record
     collator = PackedCollator.for_model(model, chat, pad)
-    # pack first, measure samples per row, plan the step in rows from it, then split rows
-    # until every global batch of rows is whole (every row once per epoch)
+    # pack first, measure samples per row, plan the step in rows from it, then deal the
+    # rows to the launch's streams and split rows until every stream holds whole, equal
+    # batches (every row once per epoch; whole global batches)
     packed = PackedDataset(base, s.model.max_length)
+    packed_rows, packed_fill = len(packed), packed.fill_ratio
     shape = PackingShape(samples_per_row=len(base) / max(len(packed), 1),
                          row_tokens=s.model.max_length,
-                         micro_batch_tokens=s.engine.micro_batch_tokens or s.model.max_length)
-    packed.plan = resolve_batch(s.stage_train(ctx.name), world().world_size, ctx.name, shape)
-    packed.make_multiple(packed.plan.global_batch_size)
+                         micro_batch_tokens=s.engine.micro_batch_tokens or s.model.max_length,
+                         tolerance=s.engine.packed_batch_tolerance)
+    plan = resolve_batch(s.stage_train(ctx.name), world().world_size, ctx.name, shape)
+    layout = packed.equalise_streams(s.seed, world_size=plan.world_size, workers=workers,
+                                     batch_size=plan.per_device_batch_size,
+                                     accumulation=plan.gradient_accumulation_steps)
+    per_row = len(base) / max(len(packed), 1)
+    if layout is not None:  # the split rows hold fewer samples: say what a step holds
+        plan = replace(plan, samples_per_step=round(plan.global_batch_size * per_row, 3))
+    packed.plan = plan
     record.update({"packed_rows": len(packed), "packing_layout": collator.layout,
-                   "samples_per_row": round(len(base) / max(len(packed), 1), 3),
+                   "samples_per_row": round(per_row, 3),
                    "row_fill_ratio": round(packed.fill_ratio, 4),
-                   "planned_tokens_per_step": round(packed.plan.global_batch_size
+                   "rows_before_split": packed_rows,
+                   "row_fill_ratio_before_split": round(packed_fill, 4),
+                   "streams": plan.world_size * max(1, workers),
+                   "rows_per_stream": layout.rows_per_stream if layout else len(packed),
+                   "rows_left_out": layout.rows_left_out if layout else 0,
+                   "rows_repeated": layout.rows_repeated if layout else 0,
+                   "planned_tokens_per_step": round(plan.global_batch_size
                                                     * float(packed.row_lengths.mean()))})
-    log.info("%s: packed %d samples into %d rows of <= %d tokens (%.1f%% full, %s)",
-             ctx.name, len(base), len(packed), s.model.max_length, 100 * packed.fill_ratio,
-             collator.layout)
+    log.info("%s: packed %d samples into %d rows of <= %d tokens (%.1f%% full, %s; %d rows "
+             "before splitting for whole batches per stream, %.1f%% full)", ctx.name,
+             len(base), len(packed), s.model.max_length, 100 * packed.fill_ratio,
+             collator.layout, packed_rows, 100 * packed_fill)
+    if layout is not None and (layout.rows_left_out or layout.rows_repeated):
+        log.warning("%s: too few rows to equalise %d streams (%d ranks x %d DataLoader "
+                    "workers): each epoch leaves %d packed rows out and repeats %d (of %d)",
+                    ctx.name, record["streams"], plan.world_size, max(1, workers),
+                    layout.rows_left_out, layout.rows_repeated, len(packed))
     return packed, collator, record
 
 
