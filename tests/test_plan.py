@@ -379,7 +379,9 @@ def test_a_runs_length_index_replaces_the_assumed_lengths(tmp_path):
 
     from components.train.length_index import COLUMNS, LengthIndex, save
 
-    settings = load_settings("paper")
+    # the assumed cluster's whole rows miss the recipe by -25% at 4 samples per row: this
+    # test is about the lengths, not the batch tolerance
+    settings = load_settings("paper", overrides={"train": {"packed_batch_tolerance": None}})
     target = planned_target(settings, "sft")
     assumed = plan_stage(settings, "sft", target, tmp_path)
     assert assumed.index_seconds > 0  # no index yet: its build time is projected

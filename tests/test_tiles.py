@@ -35,7 +35,9 @@ from components.train.tiles import (
     tiler_for,
 )
 
-PAPER_PINPOINTS = [[384, 384], [384, 768], [768, 384], [768, 768], [384, 1152], [1152, 384]]
+# the paper profile's grid: every a x b tiles of 384 px with a x b <= 9 (params.yaml)
+PAPER_PINPOINTS = [[384 * a, 384 * b] for a in range(1, 10) for b in range(1, 10)
+                   if a * b <= 9]
 LLAVA16_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 # (width, height): tiny, thin, odd, large, documents, icons
 SIZES = [(1, 1), (2, 2), (17, 300), (300, 17), (5, 3000), (3000, 5), (33, 33), (100, 37),
