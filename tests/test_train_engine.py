@@ -468,3 +468,23 @@ def test_a_config_error_inside_torchrun_workers_is_one_line(aligned):
     assert lines == [lines[-1]], proc.stderr
     assert "sft.global_batch_size=3 does not split over 2 processes" in lines[-1]
     assert "ChildFailedError" not in proc.stderr + proc.stdout
+
+
+def test_the_checkpoint_digest_follows_what_changes_the_training(tmp_path):
+    """A resume must refuse checkpoints whose data order differs: the DataLoader workers
+    (with the ranks, the readers that lay out the order) are in the stage digest; how a
+    step runs (logging, the timeout, the loss chunking) is not."""
+    from components.stages import StageContext
+    from components.train.stages import stage_digest
+
+    data, run = make_mix(tmp_path, n=4)
+
+    def digest(**train) -> str:
+        settings = load_settings("tiny", overrides=overrides(data, train=train))
+        return stage_digest(StageContext("align", settings, run))
+
+    base = digest()
+    assert digest(dataloader_workers=2) != base
+    assert digest(packing=True) != base
+    assert digest(logging_steps=7, ddp_timeout_s=99, loss_chunk_tokens=0,
+                  packed_batch_tolerance=None) == base

@@ -106,11 +106,16 @@ def mix_texts(mix_dir: Path) -> list[str]:
 
 def stage_digest(ctx: StageContext) -> str:
     """What a checkpoint of this stage depends on: the model, the stage's and the engine's
-    training settings, the seed and the upstream outputs (not logging or worker counts)."""
+    training settings (DataLoader workers included: with the ranks they lay out the data
+    order), the seed and the upstream outputs; not logging, checkpoint retention, the
+    timeout or the loss chunking, which change how a step runs, not what it computes."""
     s = ctx.settings
     engine = s.engine.model_dump(mode="json", exclude={
-        "logging_steps", "dataloader_workers", "keep_checkpoints", "save_total_limit",
-        "ddp_timeout_s"})
+        # not dataloader_workers: the readers (ranks x workers) lay out the data order
+        "logging_steps", "keep_checkpoints", "save_total_limit", "ddp_timeout_s",
+        # the loss chunking changes how, not what, is computed (equal to 1e-6); the
+        # tolerance only refuses plans: a resume may change either
+        "loss_chunk_tokens", "packed_batch_tolerance"})
     blob = json.dumps({
         "stage": ctx.name, "seed": s.seed, "model": s.model.model_dump(mode="json"),
         "train": s.stage_train(ctx.name).model_dump(mode="json"), "engine": engine,
