@@ -2,10 +2,13 @@
 
     .venv/bin/python bench/length_index.py                       # 20k, 100k, 1M: ~7-9 min here
     .venv/bin/python bench/length_index.py --sizes 10000 40000   # quick: ~1 min
+    .venv/bin/python bench/length_index.py --kind sft --sizes 20000 100000  # sft records
 
 What it does, per size N (each in a fresh interpreter, so peak memory is per size):
 
-1. Writes N synthetic caption records as the mix writes its shards
+1. Writes N synthetic caption records (`--kind sft`: a third each of qa, multiple choice
+   with 4 options and conversations of 2-4 turns with the image, the kinds the sft mix
+   trains; the chat template and tokenisation cost more per sample) as the mix writes its shards
    (`components.records.ShardWriter`, schema `components.mix.mix_schema()`, row groups of
    1,024 rows, shards of 50,000), each with a real embedded PNG (256 distinct images of
    24-160 px drawn once, reused: the header read costs the same) and a caption of 4-40
@@ -47,8 +50,33 @@ WORDS = ("um círculo vermelho azul verde amarelo sobre fundo branco com uma for
          "pequena grande no centro da imagem ao lado de outra figura clara escura").split()
 
 
-def write_mix(folder: Path, n: int, seed: int = 0) -> int:
-    """N caption records with embedded PNGs in mix shards; returns the bytes written."""
+def _sft_record(i: int, rng: random.Random, base: dict):
+    """One sft record of kind qa, multiple_choice or conversation (by i % 3)."""
+    from components.records import Record
+
+    def words(lo: int, hi: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize()
+
+    image = f"img/{i}.png"
+    if i % 3 == 0:
+        return Record(id=f"q{i}", kind="qa", image=image, question=words(6, 20) + "?",
+                      answer=words(3, 30) + ".", **base)
+    if i % 3 == 1:
+        options = [words(1, 4) for _ in range(4)]
+        return Record(id=f"m{i}", kind="multiple_choice", image=image,
+                      question=words(6, 20) + "?", options=options,
+                      answer=options[rng.randrange(4)], **base)
+    turns = [{"role": "user", "content": "<image>\n" + words(6, 20) + "?"}]
+    for k in range(rng.randint(2, 4)):
+        if k:
+            turns.append({"role": "user", "content": words(4, 16) + "?"})
+        turns.append({"role": "assistant", "content": words(8, 60) + "."})
+    return Record(id=f"v{i}", kind="conversation", image=image, conversations=turns, **base)
+
+
+def write_mix(folder: Path, n: int, seed: int = 0, kind: str = "caption") -> int:
+    """N records (captions, or `sft` kinds) with embedded PNGs in mix shards; returns the
+    bytes written."""
     from PIL import Image, ImageDraw
 
     from components.mix import mix_schema
@@ -67,6 +95,10 @@ def write_mix(folder: Path, n: int, seed: int = 0) -> int:
     writer = ShardWriter(folder, mix_schema())
     base = {"source": "native", "language": "pt-PT", "task_family": "cap"}
     for i in range(n):
+        if kind == "sft":
+            rec = _sft_record(i, rng, base)
+            writer.add({**rec.model_dump(), "image_bytes": [rng.choice(blobs)]})
+            continue
         text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 40))).capitalize()
         rec = Record(id=f"c{i}", kind="caption", image=f"img/{i}.png", text=text + ".", **base)
         writer.add({**rec.model_dump(), "image_bytes": [rng.choice(blobs)]})
@@ -74,7 +106,7 @@ def write_mix(folder: Path, n: int, seed: int = 0) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.parquet"))
 
 
-def one(n: int, workers: int, root: Path) -> dict:
+def one(n: int, workers: int, root: Path, kind: str = "caption") -> dict:
     """Measure size `n` in this process (called in a fresh interpreter per size)."""
     import logging
 
@@ -87,9 +119,12 @@ def one(n: int, workers: int, root: Path) -> dict:
 
     folder = root / "shards"
     started = time.perf_counter()
-    size = write_mix(folder, n)
+    size = write_mix(folder, n, kind=kind)
     write_s = time.perf_counter() - started
-    settings = load_settings("tiny")
+    # sft conversations run to ~600 tokens: a 4k budget keeps them (the tiny 256 skips them)
+    settings = load_settings("tiny", overrides={"model": {
+        "max_length": 4096, "text": {"max_position_embeddings": 4096}}} if kind == "sft"
+        else None)
     _, processor = build_tiny_model(settings, WORDS * 4)
     chat = ChatFormat(processor)
     shards = [str(p) for p in shard_paths(folder)]
@@ -101,7 +136,7 @@ def one(n: int, workers: int, root: Path) -> dict:
                                          workers=workers)
     seconds = time.perf_counter() - started
     load_after = os.getloadavg()[0]
-    assert index.computed and len(index.entries) == n
+    assert index.computed and len(index.entries) + len(index.skipped) >= n
     started = time.perf_counter()
     again = length_index.load_or_compute(shards, root, chat, budget, False, index_dir,
                                          workers=workers)
@@ -111,7 +146,7 @@ def one(n: int, workers: int, root: Path) -> dict:
     child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     stored = next(index_dir.glob("*.npz")).stat().st_size
     return {
-        "samples": n, "workers": workers, "shard_bytes": size,
+        "samples": n, "kind": kind, "workers": workers, "shard_bytes": size,
         "row_groups": int(len({(int(s), int(g)) for s, g in index.entries[:, :2]})),
         "skipped": len(index.skipped), "write_shards_seconds": round(write_s, 1),
         "index_seconds": round(seconds, 2),
@@ -129,10 +164,16 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--kind", choices=["caption", "sft"], default="caption",
+                        help="caption records (align) or qa / multiple choice / conversation "
+                        "records (sft)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default bench/results/length_index.json (sft: length_index_sft.json)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = OUT if args.kind == "caption" else OUT.with_name("length_index_sft.json")
     if args.one is not None:
-        print(json.dumps(one(args.one, args.workers, args.root)))
+        print(json.dumps(one(args.one, args.workers, args.root, args.kind)))
         return
     runs = []
     for n in args.sizes:
@@ -140,7 +181,8 @@ def main() -> None:
         try:
             proc = subprocess.run(
                 [sys.executable, __file__, "--one", str(n), "--workers", str(args.workers),
-                 "--root", str(root)], capture_output=True, text=True, check=True,
+                 "--root", str(root), "--kind", args.kind],
+                capture_output=True, text=True, check=True,
                 cwd=Path(__file__).resolve().parent.parent,
                 env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
         finally:
@@ -160,8 +202,8 @@ def main() -> None:
     per_core_ms = largest["ms_per_sample_per_core"]
     paper_minutes = 5_000_000 * per_core_ms / 1000 / 16 / 60
     result = {
-        "what": "length index (planning pass) of caption shards with embedded PNGs: read "
-                "every record and image header, tokenise, write the index; fork pool",
+        "what": f"length index (planning pass) of {args.kind} shards with embedded PNGs: "
+                "read every record and image header, tokenise, write the index; fork pool",
         "machine": f"{len(os.sched_getaffinity(0))} cores (shared with other jobs)",
         "runs": runs,
         "fit": {"seconds_per_sample_marginal": slope, "intercept_seconds": intercept,
