@@ -44,13 +44,18 @@ def _steps(run):
     return json.loads((run / "dpo" / "metrics.json").read_text())["step_metrics"]
 
 
-@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
-def test_step0_margins_are_zero_under_bf16(sft_done, packing):
+@pytest.mark.parametrize("packing,precompute", [(False, True), (True, True), (False, False)],
+                         ids=["padded", "packed", "frozen-copy"])
+def test_step0_margins_are_zero_under_bf16(sft_done, packing, precompute):
     """bf16 on CPU: the Trainer autocasts the forward; a reference scored in fp32 before
     the Trainer (the old order) gives first-step rewards of ~6e-4 here (beta 1), and with
-    packing a reference scored on padded rows with plain attention differs again."""
+    packing a reference scored on padded rows with plain attention differs again. The
+    frozen copy (`precompute_ref_log_probs: false`) runs in the policy's dtype under the
+    same autocast (a bf16 copy without autocast computes something else)."""
     data, run, common = sft_done
-    settings = _dpo_settings(common, precision="bf16", packing=packing)
+    settings = load_settings("tiny", overrides={
+        **common, "dpo": {**DPO, "precompute_ref_log_probs": precompute},
+        "train": {**common["train"], "precision": "bf16", "packing": packing}})
     run_stage("dpo", settings, run, lambda m, s: None, progress=False, restart=True)
     first = _steps(run)[0]
     # exactly 0 here; the old order gives rewards/chosen 6e-4 (padded) on this model, so

@@ -30,8 +30,9 @@ vocabulary.
 `DPOObjective` is the Trainer objective (`components.train.engine.Objective`): per pair
 loss summed and divided by the pairs of the whole global batch, and per-step statistics
 (rewards/chosen, rewards/rejected, margins, accuracy, logps/chosen, logps/rejected, the
-TRL names). The reference is either a frozen copy (`make_reference`) scored on every batch
-or, with `dpo.precompute_ref_log_probs`, scored once when training begins and read from
+TRL names). The reference is either a frozen copy (`frozen_reference`: in the policy's
+dtype and autocast) scored on every batch or, with `dpo.precompute_ref_log_probs`, scored
+once when training begins and read from
 the batch's `sample_index`: the policy at step 0 *is* the reference, so no second model
 is held in memory.
 
@@ -50,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -160,6 +162,33 @@ def make_reference(model: nn.Module, dtype: torch.dtype | None = None) -> nn.Mod
     return ref
 
 
+def frozen_reference(model: nn.Module, precision: str, strategy: str
+                     ) -> tuple[nn.Module, Callable[[], contextlib.AbstractContextManager]]:
+    """(frozen copy of `model`, the context its forwards run in) so that the copy computes
+    what the policy computes at step 0 (`dpo.precompute_ref_log_probs: false`):
+
+    - under DeepSpeed with bf16/fp16 the engine casts the policy to half and turns
+      autocast off: a half copy, run bare;
+    - otherwise (DDP, FSDP) the policy keeps fp32 weights and accelerate autocasts its
+      forward: an fp32 copy (twice a half copy's memory: the price of exactness; a bf16
+      copy without autocast moved the first step's rewards by 1.8e-3 here) under the same
+      autocast.
+    Taken before the Trainer loads a checkpoint, so a resume still copies the step-0
+    (previous stage's) weights."""
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if half is not None and strategy.startswith("zero"):
+        return make_reference(model, half), contextlib.nullcontext
+    reference = make_reference(model)
+    if half is None:
+        return reference, contextlib.nullcontext
+    device = next(model.parameters()).device.type
+
+    def autocast() -> contextlib.AbstractContextManager:
+        return torch.autocast(device, dtype=half)
+
+    return reference, autocast
+
+
 def chosen_nll(policy_chosen: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
     """Mean over pairs of the chosen answer's per-token negative log-likelihood."""
     return (-policy_chosen / chosen_lengths.clamp(min=1)).mean()
@@ -172,12 +201,17 @@ class DPOObjective:
 
     def __init__(self, beta: float, nll_weight: float = 0.0, reference: nn.Module | None = None,
                  ref_logps: torch.Tensor | None = None, *, chunk_tokens: int = 0,
-                 precomputed: bool = False):
+                 precomputed: bool = False,
+                 reference_context: Callable[[], contextlib.AbstractContextManager] | None
+                 = None):
         if reference is None and ref_logps is None and not precomputed:
             raise ValueError("DPO needs a reference model or precomputed reference log-probs")
         self.beta = beta
         self.nll_weight = nll_weight
         self.reference = reference
+        # the forward context of the frozen copy (`frozen_reference`); None: the old
+        # inference autocast
+        self.reference_context = reference_context
         self.chunk_tokens = chunk_tokens
         # (N, 2): chosen, rejected per sample index; with `precomputed` and None here,
         # `ReferenceScorer` fills it in when training begins
@@ -196,7 +230,9 @@ class DPOObjective:
                                "first step (ReferenceScorer callback missing)")
         if next(self.reference.parameters()).device != batch["input_ids"].device:
             self.reference.to(batch["input_ids"].device)
-        with torch.no_grad(), inference_autocast(self.reference):
+        context = self.reference_context() if self.reference_context is not None \
+            else inference_autocast(self.reference)
+        with torch.no_grad(), context:
             return pair_logps(self.reference, batch, self.chunk_tokens)
 
     def mean_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]

@@ -59,7 +59,7 @@ from components.train.dpo import (
     REFERENCE_FILE,
     DPOObjective,
     ReferenceScorer,
-    make_reference,
+    frozen_reference,
     preference_scores,
 )
 from components.train.engine import (
@@ -67,6 +67,7 @@ from components.train.engine import (
     TrainResult,
     mean_of,
     resolve_precision,
+    resolve_strategy,
     train_stage,
 )
 from components.train.packing import (
@@ -421,11 +422,13 @@ def run_dpo(ctx: StageContext) -> StageOutput:
         train_rows, train_collate, packing = training_data(ctx, model, chat, train_set)
         if t.precompute_ref_log_probs:  # scored by `scorer` once the Trainer has prepared
             objective = DPOObjective(t.beta, t.rpo_alpha, chunk_tokens=chunk, precomputed=True)
-        else:  # the frozen copy scores the training batches: same attention as the policy
-            half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-                resolve_precision(s.engine, detect_runtime()))
-            objective = DPOObjective(t.beta, t.rpo_alpha, reference=make_reference(model, half),
-                                     chunk_tokens=chunk)
+        else:  # the frozen copy scores the training batches: same attention, dtype and
+            # autocast as the policy computes in at step 0
+            rt = detect_runtime()
+            reference, context = frozen_reference(
+                model, resolve_precision(s.engine, rt), resolve_strategy(s.engine, rt)[0])
+            objective = DPOObjective(t.beta, t.rpo_alpha, reference=reference,
+                                     chunk_tokens=chunk, reference_context=context)
         # the eval pairs before and after, scored like the training batches (same layout,
         # attention and forward context) by the prepared model (`ReferenceScorer`)
         eval_rows = PackedDataset(eval_set, s.model.max_length) if s.engine.packing \
