@@ -10,6 +10,7 @@ DeepSpeed sets on GPUs only) and each rank writes how often its lm_head ran.
 
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
@@ -23,7 +24,8 @@ from components.train.engine import LMObjective
 
 
 def main(folder: Path, chunk: int, zero3: bool = False) -> None:
-    dist.init_process_group("gloo")
+    # a stalled collective fails in a minute instead of gloo's default 30
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank, size = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
     saved = torch.load(folder / "batch.pt")

@@ -194,13 +194,25 @@ def test_the_chunks_run_in_the_forwards_autocast(setup):
 
 
 def _torchrun(folder, *extra):
+    """The 2-process launch (~20 s). Once in a full-suite run on the loaded 2-core CI box
+    a launch stalled past 300 s before any step (never reproduced alone, 0 of 5 runs): a
+    stalled launch is killed at 150 s and started once more; a wrong gradient or a failed
+    worker is never retried."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--standalone", str(REPO / "tests" / "chunked_ddp_worker.py"), str(folder),
-         str(CHUNK), *extra], env=env, capture_output=True, text=True, timeout=300,
-        cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           "--standalone", str(REPO / "tests" / "chunked_ddp_worker.py"), str(folder),
+           str(CHUNK), *extra]
+    def launch():
+        try:
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150,
+                                  cwd=REPO)
+        except subprocess.TimeoutExpired:
+            return None
+
+    proc = launch()
+    if proc is None or (proc.returncode != 0 and "Timed out" in proc.stderr):
+        proc = launch()  # stalled (the worker's collectives time out at 60 s): once more
+    assert proc is not None and proc.returncode == 0, proc and proc.stderr[-3000:]
 
 
 @pytest.mark.parametrize("zero3", [False, True], ids=["ddp", "zero3-marker"])
