@@ -61,12 +61,6 @@ from components.train.distributed import world
 
 log = logging.getLogger(__name__)
 
-# dense bf16 peak FLOP/s per exact device name, for MFU (components/plan/gpus.py: datasheet
-# numbers; a name not listed gets no MFU rather than another card's peak)
-PEAK_BF16_FLOPS: dict[str, float] = {name: g.peak_bf16_flops
-                                     for name, g in plan_gpus.BY_NAME.items()}
-
-
 # ----------------------------------------------------------------------------- plan
 
 
