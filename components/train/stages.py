@@ -433,12 +433,13 @@ def run_dpo(ctx: StageContext) -> StageOutput:
         # attention and forward context) by the prepared model (`ReferenceScorer`)
         eval_rows = PackedDataset(eval_set, s.model.max_length) if s.engine.packing \
             else eval_set
+        digest = stage_digest(ctx)  # the checkpoints' and the stored reference's
         scorer = ReferenceScorer(
             objective if t.precompute_ref_log_probs else None,
             train_rows if t.precompute_ref_log_probs else None, eval_rows, train_collate,
-            ctx.out_dir / "checkpoints" / REFERENCE_FILE, stage_digest(ctx), chunk)
+            ctx.out_dir / "checkpoints" / REFERENCE_FILE, digest, chunk)
         result = train_stage(s, "dpo", ctx.out_dir, model, train_rows, train_collate,
-                             objective, config_digest=stage_digest(ctx),
+                             objective, config_digest=digest,
                              log_metrics=ctx.log_metrics, progress=ctx.progress,
                              callbacks=[scorer])
     before = preference_scores(scorer.eval_before, scorer.eval_before, t.beta)
